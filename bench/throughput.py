@@ -1,0 +1,137 @@
+"""Training throughput of coqat's own trainer: tokens/s, step time, peak memory and MFU.
+
+For each ladder size it times real ``Trainer.train_step`` calls (the code path of every run:
+fused AdamW, bf16 autocast and torch.compile on CUDA) in full precision and with fake-quantized
+weights at the given bit widths, after warm-up steps that include compilation.
+
+MFU = achieved model FLOPs / peak, with model FLOPs per token = 6 * N_matmul + 6 * L * T * d
+(``coqat.model.flops_per_token``: block linears and the tied output projection, plus causal
+attention) and the peak given by ``--peak`` (default 790 TFLOP/s: the dense bf16 matmul rate
+measured on this H200 with an 8192^3 product; the datasheet says 989).
+
+    python bench/throughput.py --data DIR --sizes 2m 7m 17m 30m --bits 16 4 --out bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+
+def measure(data: str, size: str, bits: float, seq_len: int, batch: int, steps: int, warmup: int,
+            device: str, compile_: str) -> dict:
+    import torch
+
+    from coqat.config import from_dict
+    from coqat.model import flops_per_token, param_counts
+    from coqat.train.config import RunConfig
+    from coqat.train.run import Trainer
+
+    cfg = from_dict(RunConfig, {
+        "size": size,
+        "model": {"seq_len": seq_len},
+        "data": {"path": data},
+        "optim": {"batch_size": batch},
+        "tokens": batch * seq_len * (steps + warmup + 10),
+        "qat": {"bits": bits, "fraction": 1.0 if bits != 16 else 0.0},
+        "device": device,
+        "compile": compile_,
+    })
+    tr = Trainer(cfg)
+    if bits != 16:
+        tr.enter_qat()
+    cuda = tr.cuda
+    t_c = time.perf_counter()
+    for _ in range(warmup):
+        loss, _, _ = tr.train_step()
+    float(loss)
+    compile_s = time.perf_counter() - t_c
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss, _, _ = tr.train_step()
+    float(loss)
+    if cuda:
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    tokens = steps * batch * seq_len
+    fpt = flops_per_token(cfg.model)
+    return {
+        "size": size,
+        "bits": bits,
+        "params": param_counts(cfg.model).total,
+        "d_model": cfg.model.d_model,
+        "n_layers": cfg.model.n_layers,
+        "seq_len": seq_len,
+        "batch": batch,
+        "tokens_per_s": tokens / dt,
+        "step_ms": 1000 * dt / steps,
+        "warmup_s": compile_s,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "model_tflops": fpt * tokens / dt / 1e12,
+        "final_loss": float(loss),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="prepared data folder")
+    ap.add_argument("--sizes", nargs="+", default=["2m", "7m", "17m", "30m"])
+    ap.add_argument("--bits", nargs="+", type=float, default=[16, 4])
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--tokens-per-step", type=int, default=131072,
+                    help="batch = tokens_per_step / seq_len")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=8)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--compile", default="auto")
+    ap.add_argument("--peak", type=float, default=790.0, help="peak TFLOP/s for MFU")
+    ap.add_argument("--out", help="write results JSON here")
+    args = ap.parse_args()
+
+    import torch
+
+    rows = []
+    for size in args.sizes:
+        for bits in args.bits:
+            seq = args.seq_len
+            r = measure(args.data, size, bits, seq, args.tokens_per_step // seq, args.steps,
+                        args.warmup, args.device, args.compile)
+            r["mfu"] = r["model_tflops"] / args.peak
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    fp = {r["size"]: r["step_ms"] for r in rows if r["bits"] == 16}
+    for r in rows:
+        if r["bits"] != 16 and r["size"] in fp:
+            r["qat_step_over_fp"] = r["step_ms"] / fp[r["size"]]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    out = {
+        "provenance": {
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),
+            "torch": torch.__version__,
+            "commit": commit,
+            "command": "python bench/throughput.py " + " ".join(
+                f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                for k, v in vars(args).items() if v is not None and k != "out"),
+            "peak_tflops": args.peak,
+            "flops_per_token": "6*(N_linear + N_embedding) + 6*L*T*d (coqat.model.flops_per_token)",
+        },
+        "rows": rows,
+    }
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

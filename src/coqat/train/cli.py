@@ -1,0 +1,150 @@
+"""``coqat train``, ``coqat export``, ``coqat eval`` and ``coqat quickstart``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+# flag -> config path; every flag is optional and overrides the config file
+_TRAIN_FLAGS = {
+    "size": ("size", str, "model size from the ladder (tiny, 2m, 4m, 7m, 12m, 17m, 30m, 50m, 90m, 150m)"),
+    "tokens": ("tokens", float, "total training tokens D_total (e.g. 2e7)"),
+    "bits": ("qat.bits", float, "bit width of the QAT phase: 1, 1.58, 2, 3..8; 16 = FP only"),
+    "fraction": ("qat.fraction", float, "QAT fraction f in [0, 1]: 0 = FP then PTQ, 1 = QAT from scratch"),
+    "schedule": ("qat.schedule", str, "fused (cooldown & QAT fusion) or standard"),
+    "data": ("data.path", str, "prepared data folder (from `coqat data prepare`)"),
+    "lr": ("optim.lr", float, "peak learning rate"),
+    "batch_size": ("optim.batch_size", int, "sequences per optimizer step"),
+    "seq_len": ("model.seq_len", int, "sequence length"),
+    "seed": ("seed", int, "random seed (model init and data order)"),
+    "device": ("device", str, "auto, cpu or cuda"),
+    "compile": ("compile", str, "auto (on for CUDA), on or off"),
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train one FP -> QAT run",
+        description="Train one run: FP for (1-f)*D tokens, then QAT for f*D tokens. Settings come "
+        "from --config (YAML/TOML), then the flags, then KEY=VALUE overrides (e.g. "
+        "qat.cooldown=0.3 optim.weight_decay=0.05). The resolved config is saved in the run folder.",
+    )
+    p.add_argument("--config", help="YAML or TOML run config (see examples/)")
+    for flag, (_, typ, help_) in _TRAIN_FLAGS.items():
+        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=typ, help=help_)
+    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics, result)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    p.add_argument("--json", action="store_true", help="print the result record as JSON")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.set_defaults(func=_train)
+
+    e = sub.add_parser(
+        "export",
+        help="export a trained run as bit-packed low-bit weights",
+        description="Write a Hugging Face-style folder (config.json, tokenizer.json, "
+        "model.safetensors with bit-packed integer codes and scales) from a finished run.",
+    )
+    e.add_argument("run", help="a finished run folder (holds model.pt and config.json)")
+    e.add_argument("--out", required=True, help="export folder to write")
+    e.set_defaults(func=_export)
+
+    v = sub.add_parser(
+        "eval",
+        help="validation loss of an exported model or a run",
+        description="Load an export folder (or a run folder) and report the validation loss on "
+        "the prepared data's validation split.",
+    )
+    v.add_argument("model", help="export folder or run folder")
+    v.add_argument("--data", help="prepared data folder (default: the run's data.path)")
+    v.add_argument("--val-tokens", type=int, default=0, help="validation tokens (default: run's)")
+    v.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    v.set_defaults(func=_eval)
+
+    q = sub.add_parser(
+        "quickstart",
+        help="prepare the embedded sample, train tiny FP/PTQ/QAT runs, compare, plan",
+        description="End to end on the embedded Linux C sample, on CPU in a few minutes: prepare "
+        "data, train a tiny model FP then PTQ and FP->QAT at 4 bits, report validation losses "
+        "against the unigram baseline, and ask the planner for the QAT fraction.",
+    )
+    q.add_argument("--out", default="coqat-quickstart", help="working folder")
+    q.add_argument("--tokens", type=float, default=6e5, help="training tokens per run")
+    q.add_argument("--bits", type=float, default=4.0, help="bit width of the QAT runs")
+    q.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    q.set_defaults(func=_quickstart)
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    out = []
+    for flag, (path, _, _) in _TRAIN_FLAGS.items():
+        v = getattr(args, flag, None)
+        if v is not None:
+            if isinstance(v, float) and path == "tokens":
+                v = int(v)
+            out.append(f"{path}={v}")
+    return out + list(args.overrides or [])
+
+
+def _train(args: argparse.Namespace) -> int:
+    from coqat.train.config import load_run_config
+    from coqat.train.run import execute
+
+    cfg = load_run_config(args.config, tuple(_overrides(args)))
+    res = execute(cfg, Path(args.out), resume=not args.no_resume, progress=True)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        _print_result(res)
+    return 0 if res["status"] == "done" else 1
+
+
+def _print_result(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"run {res['config_hash']} ({res['status']})")
+    t.add_column("quantity")
+    t.add_column("value", justify="right")
+    rows = [
+        ("val loss (final model)", f"{res['loss']:.4f}"),
+        ("val loss FP", f"{res['loss_fp']:.4f}"),
+        ("val loss PTQ of FP", f"{res['loss_ptq']:.4f}"),
+        ("bits / embed bits", f"{res['bits']:g} / {res['embed_bits']}"),
+        ("N total / non-emb / linear", f"{res['N']:,} / {res['N_nonemb']:,} / {res['N_linear']:,}"),
+        ("model bytes", f"{res['model_bytes']:,.0f}"),
+        ("D_total / D_fp / D_qat", f"{res['D_total']:,} / {res['D_fp']:,} / {res['D_qat']:,}"),
+        ("f (requested)", f"{res['f']:.4f} ({res['f_requested']:g})"),
+        ("S_total / S_fp / S_qat", f"{res['S_total']:.1f} / {res['S_fp']:.1f} / {res['S_qat']:.1f}"),
+        ("FLOPs FP / QAT", f"{res['flops_fp']:.3e} / {res['flops_qat']:.3e}"),
+        ("wall FP / QAT (s)", f"{res['wall_fp']:.1f} / {res['wall_qat']:.1f}"),
+        ("tokens/s", f"{res['tokens_per_s']:,.0f}"),
+    ]
+    for r in rows:
+        t.add_row(*r)
+    Console().print(t)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from coqat.train.export import export_run
+
+    info = export_run(Path(args.run), Path(args.out))
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from coqat.train.export import evaluate_path
+
+    res = evaluate_path(Path(args.model), data=args.data, val_tokens=args.val_tokens,
+                        device=args.device)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from coqat.train.quickstart import quickstart
+
+    quickstart(Path(args.out), tokens=int(args.tokens), bits=args.bits, device=args.device)
+    return 0

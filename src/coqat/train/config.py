@@ -1,0 +1,202 @@
+"""Run configuration: typed, frozen, validated dataclasses (torch-free).
+
+A run trains ``tokens`` tokens in two phases: full precision (FP) for D_fp tokens, then
+quantization-aware training (QAT) for D_qat tokens, with f = D_qat / D_total = ``qat.fraction``.
+``qat.fraction = 0`` is FP training followed by post-training quantization (PTQ);
+``qat.fraction = 1`` is QAT from scratch. ``qat.bits = 16`` trains in full precision only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from coqat.config import apply_overrides, check, from_dict, load_file, to_dict
+from coqat.model.config import LADDER, ModelConfig, ladder
+
+ALLOWED_BITS = (1.0, 1.58, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+FP_BITS = 16.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the prepared token data lives (a folder written by ``coqat data prepare``)."""
+
+    path: str = ""
+    val_tokens: int = 262_144  # tokens of the validation split used for every evaluation
+    verify: Literal["full", "size"] = "size"
+
+    def __post_init__(self) -> None:
+        check(self.val_tokens > 0, "data.val_tokens", f"must be > 0, got {self.val_tokens}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with weight decay on matrices only, and gradient clipping."""
+
+    lr: float = 3e-3
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # 0 disables clipping
+    batch_size: int = 32  # sequences per optimizer step
+    micro_batch_size: int = 0  # sequences per forward/backward; 0 = batch_size
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        check(0 <= self.beta1 < 1, "optim.beta1", "must be in [0, 1)")
+        check(0 <= self.beta2 < 1, "optim.beta2", "must be in [0, 1)")
+        check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        check(self.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 disables)")
+        check(self.batch_size > 0, "optim.batch_size", f"must be > 0, got {self.batch_size}")
+        mb = self.micro_batch_size or self.batch_size
+        check(
+            mb > 0 and self.batch_size % mb == 0,
+            "optim.micro_batch_size",
+            f"must divide batch_size={self.batch_size}, got {self.micro_batch_size}",
+        )
+
+    @property
+    def micro(self) -> int:
+        return self.micro_batch_size or self.batch_size
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning-rate schedule of the FP phase (and the shape of every cooldown).
+
+    ``wsd``: linear warmup over ``warmup`` x D_total tokens, constant, then a cooldown over the
+    last ``cooldown`` fraction of the phase down to ``min_lr_ratio`` x lr with ``cooldown_shape``.
+    ``cosine``: warmup then cosine decay over the whole phase. Warmup is a fraction of D_total
+    (not of the phase) so that every run of a sweep with the same D_total shares one FP trunk.
+    """
+
+    kind: Literal["wsd", "cosine"] = "wsd"
+    warmup: float = 0.02
+    cooldown: float = 0.2
+    cooldown_shape: Literal["linear", "cosine", "1-sqrt"] = "linear"
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(0 <= self.warmup < 1, "schedule.warmup", f"must be in [0, 1), got {self.warmup}")
+        check(0 <= self.cooldown <= 1, "schedule.cooldown", "must be in [0, 1]")
+        check(0 <= self.min_lr_ratio <= 1, "schedule.min_lr_ratio", "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """The QAT phase and how it joins the FP phase.
+
+    ``schedule``: ``standard`` = FP warmup-stable-cooldown, then QAT with its own (re)warmup,
+    stable and cooldown; ``fused`` (cooldown & QAT fusion) = the FP phase stays at the peak
+    learning rate and QAT starts there; the cooldown happens at the end of QAT.
+    """
+
+    bits: float = 4.0
+    fraction: float = 0.1
+    schedule: Literal["fused", "standard"] = "fused"
+    lr_ratio: float = 1.0  # QAT peak lr relative to the FP peak lr
+    rewarmup: float = 0.05  # standard: warmup fraction of the QAT phase
+    cooldown: float = 0.2  # cooldown fraction of the QAT phase (both schedules)
+    carry_optimizer: bool = True  # keep AdamW moments of the weights across the phase switch
+    granularity: Literal["row", "group"] = "row"
+    group_size: int = 128
+    embed_bits: str = "auto"  # "auto" = max(bits, 4), "fp", or a bit width
+
+    def __post_init__(self) -> None:
+        b = self.bits
+        ok = isinstance(b, int | float) and not math.isnan(b)
+        ok = ok and (b == FP_BITS or any(abs(b - a) < 1e-9 for a in ALLOWED_BITS))
+        check(ok, "qat.bits", f"{b!r} is not supported; allowed: {list(ALLOWED_BITS)} or 16 (FP)")
+        check(
+            0.0 <= self.fraction <= 1.0,
+            "qat.fraction",
+            f"must be in [0, 1] (0 = FP then PTQ, 1 = QAT from scratch), got {self.fraction}",
+        )
+        check(self.lr_ratio > 0, "qat.lr_ratio", f"must be > 0, got {self.lr_ratio}")
+        check(0 <= self.rewarmup < 1, "qat.rewarmup", "must be in [0, 1)")
+        check(0 <= self.cooldown <= 1, "qat.cooldown", "must be in [0, 1]")
+        check(self.group_size > 0, "qat.group_size", "must be > 0")
+        if self.embed_bits not in ("auto", "fp"):
+            try:
+                eb = float(self.embed_bits)
+            except ValueError:
+                eb = float("nan")
+            check(
+                any(abs(eb - a) < 1e-9 for a in ALLOWED_BITS) or eb == FP_BITS,
+                "qat.embed_bits",
+                f"{self.embed_bits!r} is not allowed; use 'auto', 'fp' or one of "
+                f"{list(ALLOWED_BITS)}",
+            )
+
+    @property
+    def is_fp(self) -> bool:
+        return self.bits == FP_BITS
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one run. Its hash (with code and data versions) keys the run."""
+
+    size: str = ""  # a ladder name; when set it defines the model's shape
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    qat: QATConfig = field(default_factory=QATConfig)
+    tokens: int = 1_000_000  # D_total
+    seed: int = 0
+    eval_every: int = 0  # tokens between validations; 0 = 10 evaluations per run
+    checkpoint_every: int = 0  # tokens between checkpoints; 0 = phase ends only
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA, off for CPU
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA
+    divergence_factor: float = 1.5  # diverged if loss > factor * ln(vocab) or NaN/Inf
+
+    def __post_init__(self) -> None:
+        check(self.tokens > 0, "tokens", f"must be > 0, got {self.tokens}")
+        check(
+            not self.size or self.size in LADDER,
+            "size",
+            f"unknown size {self.size!r}; choose one of {list(LADDER)}",
+        )
+        check(self.eval_every >= 0, "eval_every", "must be >= 0")
+        check(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")
+        if self.size:
+            sized = ladder(
+                self.size,
+                vocab_size=self.model.vocab_size,
+                seq_len=self.model.seq_len,
+            )
+            if (sized.d_model, sized.n_layers, sized.n_heads) != (
+                self.model.d_model,
+                self.model.n_layers,
+                self.model.n_heads,
+            ):
+                object.__setattr__(self, "model", replace(self.model, **_shape(sized)))
+        step = self.optim.batch_size * self.model.seq_len
+        check(
+            self.tokens >= step,
+            "tokens",
+            f"{self.tokens} is less than one step ({step} tokens = batch_size x seq_len)",
+        )
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.optim.batch_size * self.model.seq_len
+
+
+def _shape(cfg: ModelConfig) -> dict[str, int]:
+    return {"d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads}
+
+
+def load_run_config(path: str | None = None, overrides: tuple[str, ...] = ()) -> RunConfig:
+    """RunConfig from an optional YAML/TOML file plus ``a.b=value`` overrides."""
+    data: dict[str, Any] = load_file(path) if path else {}
+    return from_dict(RunConfig, apply_overrides(data, list(overrides)))
+
+
+def run_config_dict(cfg: RunConfig) -> dict[str, Any]:
+    return to_dict(cfg)

@@ -1,0 +1,580 @@
+"""Train one run: the FP phase, the switch to QAT, the QAT phase, evaluation and the result record.
+
+``execute`` is the whole run; ``train_trunk`` trains the stable-learning-rate FP trunk that runs of
+a sweep share, saving a checkpoint at each branch point. Both drive the same :class:`Trainer`, so a
+run branched from a trunk checkpoint follows exactly the arithmetic of the same run trained alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import coqat
+from coqat.config import atomic_write_text, config_hash, to_dict
+from coqat.errors import CoqatError
+from coqat.model.config import param_counts
+from coqat.model.llama import Llama
+from coqat.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from coqat.train.config import FP_BITS, QATConfig, RunConfig
+from coqat.train.metrics import MetricsLog
+from coqat.train.phases import PhasePlan, lr_multiplier, phase_flops, plan_phases
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def trunk_config(cfg: RunConfig) -> RunConfig:
+    """The FP trunk of ``cfg``: same model, data, optimizer, warmup, tokens and seed; no
+    cooldown, no QAT."""
+    return replace(
+        cfg,
+        qat=QATConfig(bits=FP_BITS, fraction=0.0),
+        schedule=replace(cfg.schedule, cooldown=0.0, kind="wsd"),
+    )
+
+
+def trunk_key(cfg: RunConfig, data_hash: str = "") -> str:
+    """Runs with equal trunk keys share their FP trunk (up to each run's branch step)."""
+    t = trunk_config(cfg)
+    parts = {
+        "model": to_dict(t.model),
+        "data": to_dict(t.data),
+        "optim": to_dict(t.optim),
+        "warmup": t.schedule.warmup,
+        "tokens": t.tokens,
+        "seed": t.seed,
+    }
+    return config_hash(parts, coqat.__version__, data_hash)
+
+
+def resolve_device(cfg: RunConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise CoqatError("device: 'cuda' requested but torch.cuda.is_available() is False")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def git_commit() -> str:
+    """The commit of the coqat source tree, or '' when not in a git checkout."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _forward_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return model(x, y)
+
+
+_COMPILED: Any = None
+
+
+def compiled_forward_loss():
+    """One compiled function shared by every model and run of this process: models are passed as
+    arguments, so a new run of an already-seen shape reuses the compiled graph."""
+    global _COMPILED
+    if _COMPILED is None:
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        if hasattr(torch._dynamo.config, "recompile_limit"):
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        _COMPILED = torch.compile(_forward_loss)
+    return _COMPILED
+
+
+class Diverged(Exception):
+    pass
+
+
+class Trainer:
+    """Holds the model, optimizer and data of one run and advances them step by step."""
+
+    def __init__(self, cfg: RunConfig, *, progress: bool = False):
+        from coqat.data import BatchSampler, TokenDataset
+
+        self.cfg = cfg
+        self.plan: PhasePlan = plan_phases(cfg)
+        self.device = resolve_device(cfg)
+        self.cuda = self.device.type == "cuda"
+        self.use_compile = cfg.compile == "on" or (cfg.compile == "auto" and self.cuda)
+        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.cuda)
+        self.progress = progress
+        if not cfg.data.path:
+            raise CoqatError("data.path: no prepared data folder given (see `coqat data prepare`)")
+        self.train_ds = TokenDataset(cfg.data.path, "train", verify=cfg.data.verify)
+        self.val_ds = TokenDataset(cfg.data.path, "val", verify=cfg.data.verify)
+        if self.train_ds.vocab_size > cfg.model.vocab_size:
+            raise CoqatError(
+                f"model.vocab_size: {cfg.model.vocab_size} is smaller than the data's vocabulary "
+                f"({self.train_ds.vocab_size}, {cfg.data.path})"
+            )
+        self.sampler = BatchSampler(
+            self.train_ds, cfg.optim.batch_size, cfg.model.seq_len, seed=cfg.seed
+        )
+        torch.manual_seed(cfg.seed)
+        self.model = Llama(cfg.model).to(self.device)
+        self.quantized = False
+        self.step = 0
+        self.optimizer = self._make_optimizer()
+        self.info: dict[str, Any] = {}  # partial results carried in checkpoints
+        self.wall = {"fp": 0.0, "qat": 0.0}
+        if cfg.device != "cpu" and self.cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+    # ----------------------------------------------------------------------------- pieces
+    @property
+    def quant_config(self):
+        from coqat.quant.config import QuantConfig
+
+        q = self.cfg.qat
+        return QuantConfig(
+            bits=q.bits, granularity=q.granularity, group_size=q.group_size, embed_bits=q.embed_bits
+        )
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        decay, no_decay, scales = [], [], []
+        for name, p in self.model.named_parameters():
+            if "weight_quantizer" in name:
+                scales.append(p)
+            elif p.ndim >= 2:
+                decay.append(p)
+            else:
+                no_decay.append(p)
+        groups = [
+            {"params": decay, "weight_decay": self.cfg.optim.weight_decay, "name": "decay"},
+            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+        ]
+        if scales:
+            groups.append({"params": scales, "weight_decay": 0.0, "name": "scales"})
+        return groups
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        return torch.optim.AdamW(
+            self._param_groups(),
+            lr=o.lr,
+            betas=(o.beta1, o.beta2),
+            eps=o.eps,
+            fused=self.cuda,
+        )
+
+    def enter_qat(self) -> None:
+        """Attach fake quantizers (alpha initialised from the current weights)."""
+        from coqat.quant.prepare import prepare
+
+        prepare(self.model, self.quant_config)
+        self.quantized = True
+        if self.cfg.qat.carry_optimizer and self.step > 0:
+            scales = [p for n, p in self.model.named_parameters() if "weight_quantizer" in n]
+            self.optimizer.add_param_group({"params": scales, "weight_decay": 0.0, "name": "scales"})
+        else:
+            self.optimizer = self._make_optimizer()
+
+    def loss_fn(self):
+        return compiled_forward_loss() if self.use_compile else _forward_loss
+
+    def _to_device(self, arr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.from_numpy(arr)
+        if self.cuda:
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        return t[:, :-1], t[:, 1:]
+
+    def _autocast(self):
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    # ----------------------------------------------------------------------------- steps
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        cfg = self.cfg
+        lr = cfg.optim.lr * lr_multiplier(cfg, self.plan, self.step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        batch = self.sampler.batch(self.step)
+        micro = cfg.optim.micro
+        n_micro = cfg.optim.batch_size // micro
+        fn = self.loss_fn()
+        total = torch.zeros((), device=self.device)
+        for i in range(n_micro):
+            x, y = self._to_device(batch[i * micro : (i + 1) * micro])
+            with self._autocast():
+                loss = fn(self.model, x, y)
+            (loss / n_micro).backward()
+            total += loss.detach() / n_micro
+        if cfg.optim.grad_clip > 0:
+            gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+        else:
+            gnorm = torch.zeros((), device=self.device)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return total, gnorm, lr
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module | None = None) -> float:
+        """Mean validation loss over the fixed validation windows (``data.val_tokens``)."""
+        from coqat.data import validation_windows
+
+        model = model if model is not None else self.model
+        fn = self.loss_fn() if model is self.model else _forward_loss
+        total, count = 0.0, 0
+        for arr in validation_windows(
+            self.val_ds, self.cfg.model.seq_len, self.cfg.data.val_tokens, self.cfg.optim.micro
+        ):
+            x, y = self._to_device(arr)
+            with self._autocast():
+                loss = fn(model, x, y)
+            n = y.numel()
+            total += float(loss) * n
+            count += n
+        return total / count
+
+    def evaluate_ptq(self) -> float:
+        """Loss of the current (FP) model after round-to-nearest post-training quantization."""
+        import copy
+
+        from coqat.quant.prepare import ptq
+
+        clone = copy.deepcopy(self.model)
+        ptq(clone, self.quant_config)
+        loss = self.evaluate(clone)
+        del clone
+        return loss
+
+    # ----------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "config_hash": config_hash(self.cfg),
+            "step": self.step,
+            "quantized": self.quantized,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.state_dict() | {"position": self.step},
+            "rng": rng_state(),
+            "info": dict(self.info),
+            "wall": dict(self.wall),
+        }
+
+    def load_state_dict(self, sd: dict[str, Any], *, as_branch: bool = False) -> None:
+        from coqat.quant.prepare import load_state_dict_checked
+
+        if sd.get("quantized") and not self.quantized:
+            from coqat.quant.prepare import prepare
+
+            prepare(self.model, self.quant_config)
+            self.quantized = True
+            self.optimizer = self._make_optimizer()
+        load_state_dict_checked(self.model, sd["model"])
+        self.optimizer.load_state_dict(sd["optimizer"])
+        self.step = int(sd["step"])
+        set_rng_state(sd["rng"])
+        if not as_branch:
+            self.info = dict(sd.get("info", {}))
+            self.wall = dict(sd.get("wall", self.wall))
+
+    def save(self, path: Path) -> None:
+        save_checkpoint(path, self.state_dict())
+
+
+def _log_every(plan: PhasePlan) -> int:
+    return max(1, min(10, plan.steps // 50 or 1))
+
+
+def _run_steps(
+    tr: Trainer,
+    until: int,
+    *,
+    log: MetricsLog | None,
+    phase: str,
+    eval_steps: set[int],
+    ckpt_steps: set[int],
+    ckpt_path: Path | None,
+    bar: Any = None,
+) -> None:
+    """Advance ``tr`` to step ``until``, logging, evaluating and checkpointing on the way."""
+    cfg = tr.cfg
+    every = _log_every(tr.plan)
+    limit = cfg.divergence_factor * math.log(cfg.model.vocab_size)
+    t0 = time.perf_counter()
+    last_t, last_step = t0, tr.step
+    while tr.step < until:
+        loss, gnorm, lr = tr.train_step()
+        s = tr.step
+        if s % every == 0 or s == until:
+            lv = float(loss)
+            now = time.perf_counter()
+            tps = (s - last_step) * tr.plan.tokens_per_step / max(now - last_t, 1e-9)
+            last_t, last_step = now, s
+            if not math.isfinite(lv) or lv > limit:
+                tr.info["diverged_at"] = s
+                tr.info["diverged_loss"] = lv
+                raise Diverged(f"loss {lv} at step {s}")
+            tr.info["last_train_loss"] = lv
+            if log is not None:
+                log.write(
+                    step=s,
+                    tokens=s * tr.plan.tokens_per_step,
+                    phase=phase,
+                    loss=lv,
+                    lr=lr,
+                    grad_norm=float(gnorm),
+                    tokens_per_s=tps,
+                )
+            if bar is not None:
+                bar.update(s, loss=lv)
+        if s in eval_steps and log is not None:
+            vl = tr.evaluate()
+            log.write(step=s, tokens=s * tr.plan.tokens_per_step, phase=phase, val_loss=vl)
+        if ckpt_path is not None and s in ckpt_steps and s < tr.plan.steps:
+            tr.wall[phase] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            tr.save(ckpt_path)
+    tr.wall[phase] = tr.wall.get(phase, 0.0) + time.perf_counter() - t0
+
+
+def _schedule_points(cfg: RunConfig, plan: PhasePlan, every_tokens: int, default_n: int) -> set[int]:
+    if every_tokens:
+        k = max(1, every_tokens // plan.tokens_per_step)
+    else:
+        k = max(1, plan.steps // default_n)
+    return set(range(k, plan.steps + 1, k))
+
+
+def execute(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = True,
+    start_from: str | Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train ``cfg`` in ``run_dir`` and return its result record (also saved as result.json).
+
+    ``resume``: continue from ``run_dir/checkpoint.pt`` when present. ``start_from``: a trunk
+    checkpoint at ``plan_phases(cfg).branch_step`` to branch from. Divergence (NaN/Inf or a loss
+    above ``divergence_factor x ln(vocab)``) ends the run with status 'diverged'.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result_path = run_dir / "result.json"
+    if resume and result_path.exists():
+        return json.loads(result_path.read_text())
+    atomic_write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
+    tr = Trainer(cfg, progress=progress)
+    plan = tr.plan
+    ckpt = run_dir / CHECKPOINT
+    if resume and ckpt.exists():
+        tr.load_state_dict(load_checkpoint(ckpt))
+    elif start_from is not None:
+        sd = load_checkpoint(Path(start_from))
+        if int(sd["step"]) != plan.branch_step:
+            raise CoqatError(
+                f"start_from: checkpoint is at step {sd['step']}, the run branches at step "
+                f"{plan.branch_step}"
+            )
+        tr.load_state_dict(sd, as_branch=True)
+        tr.info["branched_from"] = str(start_from)
+    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=tr.step)
+    evals = _schedule_points(cfg, plan, cfg.eval_every, 10)
+    ckpts = _schedule_points(cfg, plan, cfg.checkpoint_every, 1) if cfg.checkpoint_every else set()
+    ckpts |= {plan.fp_steps}
+    bar = _progress_bar(plan, tr.step) if progress else None
+    status = "done"
+    try:
+        if tr.step < plan.fp_steps:
+            _run_steps(tr, plan.fp_steps, log=log, phase="fp", eval_steps=evals,
+                       ckpt_steps=ckpts, ckpt_path=ckpt, bar=bar)
+        if not plan.fp_only and not tr.quantized:
+            if plan.fp_steps > 0 and "loss_fp" not in tr.info:
+                tr.info["loss_fp"] = tr.evaluate()
+                tr.info["loss_ptq"] = tr.evaluate_ptq()
+                log.write(step=tr.step, tokens=plan.d_fp, phase="fp",
+                          val_loss=tr.info["loss_fp"], val_loss_ptq=tr.info["loss_ptq"])
+            if plan.qat_steps > 0:
+                tr.enter_qat()
+        if tr.step < plan.steps:
+            _run_steps(tr, plan.steps, log=log, phase="qat", eval_steps=evals,
+                       ckpt_steps=ckpts, ckpt_path=ckpt, bar=bar)
+    except Diverged:
+        status = "diverged"
+    finally:
+        if bar is not None:
+            bar.close()
+    if status == "done" and plan.qat_steps == 0 and not plan.fp_only:
+        final = tr.info["loss_fp"]  # f = 0: the FP model was evaluated before PTQ
+    elif status == "done":
+        final = tr.evaluate()
+        log.write(step=tr.step, tokens=tr.step * plan.tokens_per_step,
+                  phase="qat" if tr.quantized else "fp", val_loss=final, final=True)
+    else:
+        final = float("nan")
+    if status == "done":
+        # keep the final weights for export; the optimizer state is no longer needed
+        save_checkpoint(
+            run_dir / "model.pt",
+            {"model": tr.model.state_dict(), "quantized": tr.quantized, "config": to_dict(cfg)},
+        )
+    # result.json marks the run complete: written after the weights, before the checkpoint goes
+    result = _result_record(tr, status, final)
+    atomic_write_text(result_path, json.dumps(result, indent=2) + "\n")
+    ckpt.unlink(missing_ok=True)
+    log.close()
+    return result
+
+
+def _result_record(tr: Trainer, status: str, final: float) -> dict[str, Any]:
+    cfg, plan = tr.cfg, tr.plan
+    pc = param_counts(cfg.model)
+    q = cfg.qat
+    bits = q.bits
+    fp_only = plan.fp_only
+    if fp_only:
+        loss, loss_fp, loss_ptq = final, final, float("nan")
+    elif plan.qat_steps == 0:  # f = 0: FP then PTQ
+        loss_fp = tr.info.get("loss_fp", float("nan"))
+        loss_ptq = tr.info.get("loss_ptq", float("nan"))
+        loss = loss_ptq if status == "done" else float("nan")
+    else:
+        loss = final
+        loss_fp = tr.info.get("loss_fp", float("nan"))
+        loss_ptq = tr.info.get("loss_ptq", float("nan"))
+    nb = pc.total * bits / 8
+    flops = phase_flops(cfg, plan)
+    embed_bits = (
+        None if fp_only else tr.quant_config.resolved_embed_bits
+    )
+    wall_total = tr.wall.get("fp", 0.0) + tr.wall.get("qat", 0.0)
+    return {
+        "status": status,
+        "loss": loss,
+        "loss_fp": loss_fp,
+        "loss_ptq": loss_ptq,
+        "size": cfg.size,
+        "d_model": cfg.model.d_model,
+        "n_layers": cfg.model.n_layers,
+        "N": pc.total,
+        "N_nonemb": pc.non_embedding,
+        "N_embed": pc.embedding,
+        "N_linear": pc.linear,
+        "bits": bits,
+        "embed_bits": embed_bits,
+        "model_bytes": pc.model_bytes(bits, embed_bits if embed_bits is not None else 16.0)
+        if not fp_only
+        else pc.total * 2.0,
+        "D_total": plan.tokens,
+        "D_fp": plan.d_fp,
+        "D_qat": plan.d_qat,
+        "f": plan.fraction,
+        "f_requested": q.fraction,
+        "S_total": plan.tokens / nb,
+        "S_fp": plan.d_fp / nb,
+        "S_qat": plan.d_qat / nb,
+        "schedule": plan.schedule,
+        "lr": cfg.optim.lr,
+        "seed": cfg.seed,
+        "steps": plan.steps,
+        "tokens_per_step": plan.tokens_per_step,
+        "flops_fp": flops["fp"],
+        "flops_qat": flops["qat"],
+        "flops": flops["total"],
+        "wall_fp": tr.wall.get("fp", 0.0),
+        "wall_qat": tr.wall.get("qat", 0.0),
+        "tokens_per_s": plan.tokens / wall_total if wall_total > 0 else float("nan"),
+        "device": torch.cuda.get_device_name() if tr.cuda else "cpu",
+        "host": socket.gethostname(),
+        "commit": git_commit(),
+        "version": coqat.__version__,
+        "config_hash": config_hash(cfg),
+        "data_hash": tr.train_ds.data_hash,
+        "branched_from": tr.info.get("branched_from", ""),
+        "diverged_at": tr.info.get("diverged_at"),
+        "last_train_loss": tr.info.get("last_train_loss"),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "pid": os.getpid(),
+    }
+
+
+def train_trunk(
+    cfg: RunConfig,
+    trunk_dir: str | Path,
+    branch_steps: list[int],
+    *,
+    progress: bool = False,
+) -> dict[int, Path]:
+    """Train the stable-LR FP trunk of ``cfg`` and save a checkpoint at every branch step.
+
+    Idempotent: existing checkpoints are kept and training resumes from the latest one.
+    """
+    trunk_dir = Path(trunk_dir)
+    trunk_dir.mkdir(parents=True, exist_ok=True)
+    tcfg = trunk_config(cfg)
+    steps = sorted({int(s) for s in branch_steps if s > 0})
+    paths = {s: trunk_dir / f"step_{s:08d}.pt" for s in steps}
+    todo = [s for s in steps if not paths[s].exists()]
+    if not todo:
+        return paths
+    atomic_write_text(trunk_dir / "config.json", json.dumps(to_dict(tcfg), indent=2) + "\n")
+    tr = Trainer(tcfg, progress=progress)
+    done = [s for s in steps if paths[s].exists() and s < todo[0]]
+    if done:
+        tr.load_state_dict(load_checkpoint(paths[done[-1]]))
+    log = MetricsLog(trunk_dir / "metrics.jsonl", resume_step=tr.step)
+    bar = _progress_bar(tr.plan, tr.step) if progress else None
+    try:
+        for s in todo:
+            _run_steps(tr, s, log=log, phase="fp", eval_steps=set(), ckpt_steps=set(),
+                       ckpt_path=None, bar=bar)
+            tr.save(paths[s])
+    finally:
+        if bar is not None:
+            bar.close()
+        log.close()
+    return paths
+
+
+class _Bar:
+    def __init__(self, total: int, start: int):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.p = Progress(
+            TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
+        )
+        self.task = self.p.add_task("train", total=total, completed=start, loss=float("nan"))
+        self.p.start()
+
+    def update(self, step: int, loss: float) -> None:
+        self.p.update(self.task, completed=step, loss=loss)
+
+    def close(self) -> None:
+        self.p.stop()
+
+
+def _progress_bar(plan: PhasePlan, start: int) -> _Bar | None:
+    import sys
+
+    return _Bar(plan.steps, start) if sys.stderr.isatty() else None

@@ -1,0 +1,189 @@
+"""Trainer: token accounting, schedules, exact resume, divergence, trunk branching."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from coqat.errors import ConfigError
+from coqat.model import ladder, param_counts
+from coqat.model.llama import Llama
+from coqat.train.config import RunConfig
+from coqat.train.phases import lr_multiplier, plan_phases
+from tests.conftest import tiny_run_config
+
+
+def test_param_counts_match_the_module():
+    for name in ("tiny", "2m", "7m"):
+        cfg = ladder(name, seq_len=64)
+        pc = param_counts(cfg)
+        model = Llama(cfg)
+        assert sum(p.numel() for p in model.parameters()) == pc.total
+        assert pc.total == pc.embedding + pc.non_embedding
+        linear = sum(
+            m.weight.numel() for n, m in model.named_modules() if type(m).__name__ == "Linear"
+        )
+        assert linear == pc.linear
+
+
+def test_ladder_counts_recorded():
+    # exact counts (vocab 8192) documented in docs/model.md
+    assert param_counts(ladder("2m")).total == 1_901_696
+    assert param_counts(ladder("7m")).total == 6_917_376
+    assert param_counts(ladder("30m")).total == 29_893_120
+
+
+@pytest.mark.parametrize("f", [0.0, 0.1, 0.37, 0.5, 1.0])
+def test_token_accounting(f):
+    cfg = RunConfig(tokens=1000 * 32 * 512, qat={"fraction": f} and __import__(
+        "coqat.train.config", fromlist=["QATConfig"]).QATConfig(fraction=f))
+    plan = plan_phases(cfg)
+    assert plan.d_fp + plan.d_qat == plan.tokens == 1000 * 32 * 512
+    assert plan.qat_steps == round(f * 1000)
+    assert abs(plan.fraction - f) <= 0.5 / 1000
+    if f == 0:
+        assert plan.d_qat == 0
+    if f == 1:
+        assert plan.d_fp == 0
+
+
+def _lrs(cfg):
+    plan = plan_phases(cfg)
+    return plan, [lr_multiplier(cfg, plan, k) for k in range(plan.steps)]
+
+
+def test_schedule_shapes(tiny_data):
+    std = tiny_run_config(tiny_data, **{"qat.schedule": "standard", "qat.fraction": 0.5,
+                                        "tokens": 8 * 32 * 100})
+    plan, lr = _lrs(std)
+    assert plan.fp_steps == 50
+    # FP: warmup (2 steps), stable, cooldown over the last 20% of the FP phase
+    assert lr[0] == 0.5 and lr[1] == 1.0
+    assert lr[39] == 1.0 and lr[40] == 1.0 and lr[41] < 1.0 and lr[49] == pytest.approx(0.1)
+    # QAT: rewarmup from low, stable, cooldown to ~0
+    assert lr[50] < 0.6 and max(lr[50:]) == 1.0 and lr[-1] == pytest.approx(0.1)
+    fused = tiny_run_config(tiny_data, **{"qat.fraction": 0.5, "tokens": 8 * 32 * 100})
+    plan, lr = _lrs(fused)
+    # fused: no FP cooldown, no rewarmup; the only decay is at the end of QAT
+    assert all(v == 1.0 for v in lr[2:91]) and lr[91] < 1.0 and lr[-1] == pytest.approx(0.1)
+    assert plan.branch_step == plan.fp_steps == 50
+
+
+@pytest.mark.parametrize("shape", ["linear", "cosine", "1-sqrt"])
+def test_cooldown_shapes(tiny_data, shape):
+    cfg = tiny_run_config(tiny_data, **{"qat.bits": 16, "schedule.cooldown_shape": shape,
+                                        "schedule.cooldown": 0.5, "tokens": 8 * 32 * 100})
+    _, lr = _lrs(cfg)
+    tail = lr[50:]
+    assert all(a >= b for a, b in zip(tail, tail[1:]))
+    mid = tail[25]
+    expected = {"linear": 0.5, "cosine": 0.5, "1-sqrt": 1 - math.sqrt(0.5)}[shape]
+    assert mid == pytest.approx(expected, abs=1e-9)
+
+
+def test_bad_run_config():
+    with pytest.raises(ConfigError, match="qat.fraction"):
+        tiny_run_config("x", **{"qat.fraction": 1.5})
+    with pytest.raises(ConfigError, match="qat.bits"):
+        tiny_run_config("x", **{"qat.bits": 9})
+    with pytest.raises(ConfigError, match="qat.bits"):
+        tiny_run_config("x", **{"qat.bits": 0})
+    with pytest.raises(ConfigError, match="size"):
+        tiny_run_config("x", size="huge")
+    with pytest.raises(ConfigError, match="optim.nope"):
+        tiny_run_config("x", **{"optim.nope": 1})
+
+
+def _val_losses(run_dir):
+    out = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            out.append((rec["step"], rec["loss"]))
+    return out
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])
+def test_exact_resume(tiny_data, tmp_path, fraction):
+    """Kill after a checkpoint, resume: identical losses, bit for bit, to the uninterrupted run."""
+    from coqat.train import run as run_mod
+
+    cfg = tiny_run_config(tiny_data, **{"qat.fraction": fraction, "checkpoint_every": 8 * 32 * 8})
+    ref = run_mod.execute(cfg, tmp_path / "ref")
+
+    calls = {"n": 0}
+    orig = run_mod.Trainer.train_step
+
+    def dying_step(self):
+        calls["n"] += 1
+        if calls["n"] == 27:
+            raise KeyboardInterrupt("simulated kill")
+        return orig(self)
+
+    run_mod.Trainer.train_step = dying_step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_mod.execute(cfg, tmp_path / "killed")
+    finally:
+        run_mod.Trainer.train_step = orig
+    assert (tmp_path / "killed" / "checkpoint.pt").exists()
+    assert not (tmp_path / "killed" / "result.json").exists()
+    res = run_mod.execute(cfg, tmp_path / "killed")
+    assert res["loss"] == ref["loss"]
+    assert res["loss_fp"] == ref["loss_fp"] or (math.isnan(res["loss_fp"]) and math.isnan(ref["loss_fp"]))
+    assert _val_losses(tmp_path / "killed") == _val_losses(tmp_path / "ref")
+
+
+def test_result_record(tiny_data, tmp_path):
+    from coqat.train.run import execute
+
+    cfg = tiny_run_config(tiny_data, **{"qat.fraction": 0.25, "qat.bits": 2})
+    r = execute(cfg, tmp_path / "r")
+    assert r["status"] == "done"
+    assert r["D_fp"] + r["D_qat"] == r["D_total"] == cfg.tokens
+    assert r["f"] == pytest.approx(0.25)
+    nb = r["N"] * 2 / 8
+    assert r["S_total"] == pytest.approx(r["D_total"] / nb)
+    assert r["S_qat"] == pytest.approx(r["D_qat"] / nb)
+    assert math.isfinite(r["loss"]) and math.isfinite(r["loss_fp"]) and math.isfinite(r["loss_ptq"])
+    assert r["flops_fp"] > 0 and r["flops_qat"] > 0
+    assert (tmp_path / "r" / "config.json").exists() and (tmp_path / "r" / "model.pt").exists()
+    # a finished run is not trained again
+    assert execute(cfg, tmp_path / "r") == r
+
+
+def test_divergence_is_recorded(tiny_data, tmp_path):
+    from coqat.train.run import execute
+
+    cfg = tiny_run_config(tiny_data, **{"optim.lr": 1e4, "optim.grad_clip": 0,
+                                        "qat.bits": 16, "divergence_factor": 1.05})
+    r = execute(cfg, tmp_path / "d")
+    assert r["status"] == "diverged"
+    assert math.isnan(r["loss"]) and r["diverged_at"] is not None
+    assert r["last_train_loss"] is not None
+    assert json.loads((tmp_path / "d" / "result.json").read_text())["status"] == "diverged"
+
+
+@pytest.mark.parametrize("schedule", ["fused", "standard"])
+def test_branch_equals_independent(tiny_data, tmp_path, schedule):
+    from coqat.train.run import execute, train_trunk
+
+    cfg = tiny_run_config(tiny_data, **{"qat.fraction": 0.5, "qat.schedule": schedule})
+    alone = execute(cfg, tmp_path / "alone")
+    plan = plan_phases(cfg)
+    ckpts = train_trunk(cfg, tmp_path / "trunk", [plan.branch_step, plan.branch_step // 2])
+    branched = execute(cfg, tmp_path / "branched", start_from=ckpts[plan.branch_step])
+    assert branched["loss"] == alone["loss"]
+    assert branched["loss_fp"] == alone["loss_fp"]
+
+
+def test_qat_beats_ptq_at_4_bits(tiny_data, tmp_path):
+    from coqat.train.run import execute
+
+    cfg = tiny_run_config(tiny_data, **{"qat.fraction": 0.3, "qat.bits": 4,
+                                        "tokens": 8 * 32 * 80})
+    r = execute(cfg, tmp_path / "q")
+    assert r["loss"] < r["loss_ptq"], r
