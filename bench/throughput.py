@@ -22,8 +22,17 @@ import time
 from pathlib import Path
 
 
-def measure(data: str, size: str, bits: float, seq_len: int, batch: int, steps: int, warmup: int,
-            device: str, compile_: str) -> dict:
+def measure(
+    data: str,
+    size: str,
+    bits: float,
+    seq_len: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device: str,
+    compile_: str,
+) -> dict:
     import torch
 
     from coqat.config import from_dict
@@ -31,16 +40,19 @@ def measure(data: str, size: str, bits: float, seq_len: int, batch: int, steps: 
     from coqat.train.config import RunConfig
     from coqat.train.run import Trainer
 
-    cfg = from_dict(RunConfig, {
-        "size": size,
-        "model": {"seq_len": seq_len},
-        "data": {"path": data},
-        "optim": {"batch_size": batch},
-        "tokens": batch * seq_len * (steps + warmup + 10),
-        "qat": {"bits": bits, "fraction": 1.0 if bits != 16 else 0.0},
-        "device": device,
-        "compile": compile_,
-    })
+    cfg = from_dict(
+        RunConfig,
+        {
+            "size": size,
+            "model": {"seq_len": seq_len},
+            "data": {"path": data},
+            "optim": {"batch_size": batch},
+            "tokens": batch * seq_len * (steps + warmup + 10),
+            "qat": {"bits": bits, "fraction": 1.0 if bits != 16 else 0.0},
+            "device": device,
+            "compile": compile_,
+        },
+    )
     tr = Trainer(cfg)
     if bits != 16:
         tr.enter_qat()
@@ -85,8 +97,9 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=["2m", "7m", "17m", "30m"])
     ap.add_argument("--bits", nargs="+", type=float, default=[16, 4])
     ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--tokens-per-step", type=int, default=131072,
-                    help="batch = tokens_per_step / seq_len")
+    ap.add_argument(
+        "--tokens-per-step", type=int, default=131072, help="batch = tokens_per_step / seq_len"
+    )
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--device", default="auto")
@@ -101,8 +114,17 @@ def main() -> None:
     for size in args.sizes:
         for bits in args.bits:
             seq = args.seq_len
-            r = measure(args.data, size, bits, seq, args.tokens_per_step // seq, args.steps,
-                        args.warmup, args.device, args.compile)
+            r = measure(
+                args.data,
+                size,
+                bits,
+                seq,
+                args.tokens_per_step // seq,
+                args.steps,
+                args.warmup,
+                args.device,
+                args.compile,
+            )
             r["mfu"] = r["model_tflops"] / args.peak
             rows.append(r)
             print(json.dumps(r), flush=True)
@@ -111,19 +133,25 @@ def main() -> None:
         if r["bits"] != 16 and r["size"] in fp:
             r["qat_step_over_fp"] = r["step_ms"] / fp[r["size"]]
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         commit = ""
     out = {
         "provenance": {
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),
+            "device": torch.cuda.get_device_name()
+            if torch.cuda.is_available()
+            else platform.processor(),
             "torch": torch.__version__,
             "commit": commit,
-            "command": "python bench/throughput.py " + " ".join(
+            "command": "python bench/throughput.py "
+            + " ".join(
                 f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                for k, v in vars(args).items() if v is not None and k != "out"),
+                for k, v in vars(args).items()
+                if v is not None and k != "out"
+            ),
             "peak_tflops": args.peak,
             "flops_per_token": "6*(N_linear + N_embedding) + 6*L*T*d (coqat.model.flops_per_token)",
         },

@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from coqat.errors import ConfigError
 from coqat.model import ladder, param_counts
@@ -38,8 +37,11 @@ def test_ladder_counts_recorded():
 
 @pytest.mark.parametrize("f", [0.0, 0.1, 0.37, 0.5, 1.0])
 def test_token_accounting(f):
-    cfg = RunConfig(tokens=1000 * 32 * 512, qat={"fraction": f} and __import__(
-        "coqat.train.config", fromlist=["QATConfig"]).QATConfig(fraction=f))
+    cfg = RunConfig(
+        tokens=1000 * 32 * 512,
+        qat={"fraction": f}
+        and __import__("coqat.train.config", fromlist=["QATConfig"]).QATConfig(fraction=f),
+    )
     plan = plan_phases(cfg)
     assert plan.d_fp + plan.d_qat == plan.tokens == 1000 * 32 * 512
     assert plan.qat_steps == round(f * 1000)
@@ -56,8 +58,9 @@ def _lrs(cfg):
 
 
 def test_schedule_shapes(tiny_data):
-    std = tiny_run_config(tiny_data, **{"qat.schedule": "standard", "qat.fraction": 0.5,
-                                        "tokens": 8 * 32 * 100})
+    std = tiny_run_config(
+        tiny_data, **{"qat.schedule": "standard", "qat.fraction": 0.5, "tokens": 8 * 32 * 100}
+    )
     plan, lr = _lrs(std)
     assert plan.fp_steps == 50
     # FP: warmup (2 steps), stable, cooldown over the last 20% of the FP phase
@@ -74,8 +77,15 @@ def test_schedule_shapes(tiny_data):
 
 @pytest.mark.parametrize("shape", ["linear", "cosine", "1-sqrt"])
 def test_cooldown_shapes(tiny_data, shape):
-    cfg = tiny_run_config(tiny_data, **{"qat.bits": 16, "schedule.cooldown_shape": shape,
-                                        "schedule.cooldown": 0.5, "tokens": 8 * 32 * 100})
+    cfg = tiny_run_config(
+        tiny_data,
+        **{
+            "qat.bits": 16,
+            "schedule.cooldown_shape": shape,
+            "schedule.cooldown": 0.5,
+            "tokens": 8 * 32 * 100,
+        },
+    )
     _, lr = _lrs(cfg)
     tail = lr[50:]
     assert all(a >= b for a, b in zip(tail, tail[1:]))
@@ -133,7 +143,9 @@ def test_exact_resume(tiny_data, tmp_path, fraction):
     assert not (tmp_path / "killed" / "result.json").exists()
     res = run_mod.execute(cfg, tmp_path / "killed")
     assert res["loss"] == ref["loss"]
-    assert res["loss_fp"] == ref["loss_fp"] or (math.isnan(res["loss_fp"]) and math.isnan(ref["loss_fp"]))
+    assert res["loss_fp"] == ref["loss_fp"] or (
+        math.isnan(res["loss_fp"]) and math.isnan(ref["loss_fp"])
+    )
     assert _val_losses(tmp_path / "killed") == _val_losses(tmp_path / "ref")
 
 
@@ -158,8 +170,10 @@ def test_result_record(tiny_data, tmp_path):
 def test_divergence_is_recorded(tiny_data, tmp_path):
     from coqat.train.run import execute
 
-    cfg = tiny_run_config(tiny_data, **{"optim.lr": 1e4, "optim.grad_clip": 0,
-                                        "qat.bits": 16, "divergence_factor": 1.05})
+    cfg = tiny_run_config(
+        tiny_data,
+        **{"optim.lr": 1e4, "optim.grad_clip": 0, "qat.bits": 16, "divergence_factor": 1.05},
+    )
     r = execute(cfg, tmp_path / "d")
     assert r["status"] == "diverged"
     assert math.isnan(r["loss"]) and r["diverged_at"] is not None
@@ -183,7 +197,6 @@ def test_branch_equals_independent(tiny_data, tmp_path, schedule):
 def test_qat_beats_ptq_at_4_bits(tiny_data, tmp_path):
     from coqat.train.run import execute
 
-    cfg = tiny_run_config(tiny_data, **{"qat.fraction": 0.3, "qat.bits": 4,
-                                        "tokens": 8 * 32 * 80})
+    cfg = tiny_run_config(tiny_data, **{"qat.fraction": 0.3, "qat.bits": 4, "tokens": 8 * 32 * 80})
     r = execute(cfg, tmp_path / "q")
     assert r["loss"] < r["loss_ptq"], r

@@ -186,7 +186,9 @@ def load_file(path: str | Path) -> dict[str, Any]:
         if not isinstance(out, dict):
             raise ConfigError("config", f"{p}: top level must be a mapping")
         return out
-    raise ConfigError("config", f"{p}: unknown config format {p.suffix!r}; use .yaml, .yml or .toml")
+    raise ConfigError(
+        "config", f"{p}: unknown config format {p.suffix!r}; use .yaml, .yml or .toml"
+    )
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:

@@ -8,10 +8,18 @@ from pathlib import Path
 
 # flag -> config path; every flag is optional and overrides the config file
 _TRAIN_FLAGS = {
-    "size": ("size", str, "model size from the ladder (tiny, 2m, 4m, 7m, 12m, 17m, 30m, 50m, 90m, 150m)"),
+    "size": (
+        "size",
+        str,
+        "model size from the ladder (tiny, 2m, 4m, 7m, 12m, 17m, 30m, 50m, 90m, 150m)",
+    ),
     "tokens": ("tokens", float, "total training tokens D_total (e.g. 2e7)"),
     "bits": ("qat.bits", float, "bit width of the QAT phase: 1, 1.58, 2, 3..8; 16 = FP only"),
-    "fraction": ("qat.fraction", float, "QAT fraction f in [0, 1]: 0 = FP then PTQ, 1 = QAT from scratch"),
+    "fraction": (
+        "qat.fraction",
+        float,
+        "QAT fraction f in [0, 1]: 0 = FP then PTQ, 1 = QAT from scratch",
+    ),
     "schedule": ("qat.schedule", str, "fused (cooldown & QAT fusion) or standard"),
     "data": ("data.path", str, "prepared data folder (from `coqat data prepare`)"),
     "lr": ("optim.lr", float, "peak learning rate"),
@@ -29,13 +37,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="train one FP -> QAT run",
         description="Train one run: FP for (1-f)*D tokens, then QAT for f*D tokens. Settings come "
         "from --config (YAML/TOML), then the flags, then KEY=VALUE overrides (e.g. "
-        "qat.cooldown=0.3 optim.weight_decay=0.05). The resolved config is saved in the run folder.",
+        "qat.cooldown=0.3 optim.weight_decay=0.05). The resolved config is saved in the run "
+        "folder.",
     )
     p.add_argument("--config", help="YAML or TOML run config (see examples/)")
     for flag, (_, typ, help_) in _TRAIN_FLAGS.items():
         p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=typ, help=help_)
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics, result)")
-    p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    p.add_argument(
+        "--no-resume", action="store_true", help="start over even if a checkpoint exists"
+    )
     p.add_argument("--json", action="store_true", help="print the result record as JSON")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=_train)
@@ -116,7 +127,10 @@ def _print_result(res: dict) -> None:
         ("model bytes", f"{res['model_bytes']:,.0f}"),
         ("D_total / D_fp / D_qat", f"{res['D_total']:,} / {res['D_fp']:,} / {res['D_qat']:,}"),
         ("f (requested)", f"{res['f']:.4f} ({res['f_requested']:g})"),
-        ("S_total / S_fp / S_qat", f"{res['S_total']:.1f} / {res['S_fp']:.1f} / {res['S_qat']:.1f}"),
+        (
+            "S_total / S_fp / S_qat",
+            f"{res['S_total']:.1f} / {res['S_fp']:.1f} / {res['S_qat']:.1f}",
+        ),
         ("FLOPs FP / QAT", f"{res['flops_fp']:.3e} / {res['flops_qat']:.3e}"),
         ("wall FP / QAT (s)", f"{res['wall_fp']:.1f} / {res['wall_qat']:.1f}"),
         ("tokens/s", f"{res['tokens_per_s']:,.0f}"),
@@ -137,8 +151,9 @@ def _export(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from coqat.train.export import evaluate_path
 
-    res = evaluate_path(Path(args.model), data=args.data, val_tokens=args.val_tokens,
-                        device=args.device)
+    res = evaluate_path(
+        Path(args.model), data=args.data, val_tokens=args.val_tokens, device=args.device
+    )
     print(json.dumps(res, indent=2))
     return 0
 

@@ -16,7 +16,7 @@ from coqat.train.config import RunConfig
 
 def load_run_model(run_dir: Path) -> tuple[Llama, RunConfig, bool]:
     """The final model of a finished run (fake quantizers attached if it ended in QAT)."""
-    from coqat.quant.prepare import load_state_dict_checked, prepare
+    from coqat.quant import load_state_dict_checked, prepare
 
     path = run_dir / "model.pt"
     if not path.exists():
@@ -42,8 +42,7 @@ def _quant_config(cfg: RunConfig):
 def export_run(run_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Pack the run's quantized weights (a run that ended in FP, f = 0, is quantized with the
     quantizers' initialisation, which is the round-to-nearest PTQ grid)."""
-    from coqat.quant.prepare import prepare
-    from coqat.quant.export import export
+    from coqat.quant import export, prepare
 
     model, cfg, quantized = load_run_model(run_dir)
     if cfg.qat.is_fp:
@@ -54,8 +53,9 @@ def export_run(run_dir: Path, out_dir: Path) -> dict[str, Any]:
     result = run_dir / "result.json"
     extra = {"run": json.loads(result.read_text())} if result.exists() else {}
     extra["run_config"] = json.loads((run_dir / "config.json").read_text())
-    export(model, out_dir, cfg.model, _quant_config(cfg),
-           tok if tok and tok.exists() else None, extra)
+    export(
+        model, out_dir, cfg.model, _quant_config(cfg), tok if tok and tok.exists() else None, extra
+    )
     files = {p.name: p.stat().st_size for p in sorted(out_dir.iterdir())}
     return {"out": str(out_dir), "files": files, "bits": cfg.qat.bits}
 
@@ -69,7 +69,7 @@ def evaluate_path(
     from coqat.train.run import Trainer
 
     if (path / "model.safetensors").exists():
-        from coqat.quant.export import load_export
+        from coqat.quant import load_export
 
         model, info = load_export(path)
         run_cfg = info.get("run_config") or {}
@@ -80,8 +80,9 @@ def evaluate_path(
         kind = "run"
     cfg = replace(
         cfg,
-        data=replace(cfg.data, path=data or cfg.data.path,
-                     val_tokens=val_tokens or cfg.data.val_tokens),
+        data=replace(
+            cfg.data, path=data or cfg.data.path, val_tokens=val_tokens or cfg.data.val_tokens
+        ),
         device=device,  # type: ignore[arg-type]
         compile="off",
         qat=replace(cfg.qat, bits=16.0, fraction=0.0),

@@ -9,7 +9,9 @@ from pathlib import Path
 from coqat.config import from_dict
 
 
-def quickstart(out: Path, *, tokens: int = 600_000, bits: float = 4.0, device: str = "auto") -> dict:
+def quickstart(
+    out: Path, *, tokens: int = 600_000, bits: float = 4.0, device: str = "auto"
+) -> dict:
     from rich.console import Console
     from rich.table import Table
 
@@ -22,7 +24,9 @@ def quickstart(out: Path, *, tokens: int = 600_000, bits: float = 4.0, device: s
     data_dir = out / "data"
     t0 = time.perf_counter()
     if not (data_dir / "manifest.json").exists():
-        con.print(f"[bold]1/4[/] preparing the embedded sample ({sample_path().name}) -> {data_dir}")
+        con.print(
+            f"[bold]1/4[/] preparing the embedded sample ({sample_path().name}) -> {data_dir}"
+        )
         prepare([sample_path()], data_dir, vocab_size=4096)
     ds = TokenDataset(data_dir, "train")
     val = TokenDataset(data_dir, "val")
@@ -52,8 +56,13 @@ def quickstart(out: Path, *, tokens: int = 600_000, bits: float = 4.0, device: s
     for c in ("run", "val loss", "vs unigram", "S_total", "wall s"):
         t.add_column(c, justify="right" if c != "run" else "left")
     for name, r in results.items():
-        t.add_row(name, f"{r['loss']:.4f}", f"{r['loss'] - unigram:+.3f}",
-                  f"{r['S_total']:.1f}", f"{r['wall_fp'] + r['wall_qat']:.1f}")
+        t.add_row(
+            name,
+            f"{r['loss']:.4f}",
+            f"{r['loss'] - unigram:+.3f}",
+            f"{r['S_total']:.1f}",
+            f"{r['wall_fp'] + r['wall_qat']:.1f}",
+        )
     con.print("[bold]3/4[/] results")
     con.print(t)
 

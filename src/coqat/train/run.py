@@ -181,13 +181,15 @@ class Trainer:
 
     def enter_qat(self) -> None:
         """Attach fake quantizers (alpha initialised from the current weights)."""
-        from coqat.quant.prepare import prepare
+        from coqat.quant import prepare
 
         prepare(self.model, self.quant_config)
         self.quantized = True
         if self.cfg.qat.carry_optimizer and self.step > 0:
             scales = [p for n, p in self.model.named_parameters() if "weight_quantizer" in n]
-            self.optimizer.add_param_group({"params": scales, "weight_decay": 0.0, "name": "scales"})
+            self.optimizer.add_param_group(
+                {"params": scales, "weight_decay": 0.0, "name": "scales"}
+            )
         else:
             self.optimizer = self._make_optimizer()
 
@@ -239,7 +241,7 @@ class Trainer:
         from coqat.data import validation_windows
 
         model = model if model is not None else self.model
-        fn = self.loss_fn() if model is self.model else _forward_loss
+        fn = _forward_loss  # eager: evaluation is cheap, a compile per phase is not
         total, count = 0.0, 0
         for arr in validation_windows(
             self.val_ds, self.cfg.model.seq_len, self.cfg.data.val_tokens, self.cfg.optim.micro
@@ -256,7 +258,7 @@ class Trainer:
         """Loss of the current (FP) model after round-to-nearest post-training quantization."""
         import copy
 
-        from coqat.quant.prepare import ptq
+        from coqat.quant import ptq
 
         clone = copy.deepcopy(self.model)
         ptq(clone, self.quant_config)
@@ -280,10 +282,10 @@ class Trainer:
         }
 
     def load_state_dict(self, sd: dict[str, Any], *, as_branch: bool = False) -> None:
-        from coqat.quant.prepare import load_state_dict_checked
+        from coqat.quant import load_state_dict_checked
 
         if sd.get("quantized") and not self.quantized:
-            from coqat.quant.prepare import prepare
+            from coqat.quant import prepare
 
             prepare(self.model, self.quant_config)
             self.quantized = True
@@ -356,7 +358,9 @@ def _run_steps(
     tr.wall[phase] = tr.wall.get(phase, 0.0) + time.perf_counter() - t0
 
 
-def _schedule_points(cfg: RunConfig, plan: PhasePlan, every_tokens: int, default_n: int) -> set[int]:
+def _schedule_points(
+    cfg: RunConfig, plan: PhasePlan, every_tokens: int, default_n: int
+) -> set[int]:
     if every_tokens:
         k = max(1, every_tokens // plan.tokens_per_step)
     else:
@@ -406,19 +410,40 @@ def execute(
     status = "done"
     try:
         if tr.step < plan.fp_steps:
-            _run_steps(tr, plan.fp_steps, log=log, phase="fp", eval_steps=evals,
-                       ckpt_steps=ckpts, ckpt_path=ckpt, bar=bar)
+            _run_steps(
+                tr,
+                plan.fp_steps,
+                log=log,
+                phase="fp",
+                eval_steps=evals,
+                ckpt_steps=ckpts,
+                ckpt_path=ckpt,
+                bar=bar,
+            )
         if not plan.fp_only and not tr.quantized:
             if plan.fp_steps > 0 and "loss_fp" not in tr.info:
                 tr.info["loss_fp"] = tr.evaluate()
                 tr.info["loss_ptq"] = tr.evaluate_ptq()
-                log.write(step=tr.step, tokens=plan.d_fp, phase="fp",
-                          val_loss=tr.info["loss_fp"], val_loss_ptq=tr.info["loss_ptq"])
+                log.write(
+                    step=tr.step,
+                    tokens=plan.d_fp,
+                    phase="fp",
+                    val_loss=tr.info["loss_fp"],
+                    val_loss_ptq=tr.info["loss_ptq"],
+                )
             if plan.qat_steps > 0:
                 tr.enter_qat()
         if tr.step < plan.steps:
-            _run_steps(tr, plan.steps, log=log, phase="qat", eval_steps=evals,
-                       ckpt_steps=ckpts, ckpt_path=ckpt, bar=bar)
+            _run_steps(
+                tr,
+                plan.steps,
+                log=log,
+                phase="qat",
+                eval_steps=evals,
+                ckpt_steps=ckpts,
+                ckpt_path=ckpt,
+                bar=bar,
+            )
     except Diverged:
         status = "diverged"
     finally:
@@ -428,8 +453,13 @@ def execute(
         final = tr.info["loss_fp"]  # f = 0: the FP model was evaluated before PTQ
     elif status == "done":
         final = tr.evaluate()
-        log.write(step=tr.step, tokens=tr.step * plan.tokens_per_step,
-                  phase="qat" if tr.quantized else "fp", val_loss=final, final=True)
+        log.write(
+            step=tr.step,
+            tokens=tr.step * plan.tokens_per_step,
+            phase="qat" if tr.quantized else "fp",
+            val_loss=final,
+            final=True,
+        )
     else:
         final = float("nan")
     if status == "done":
@@ -464,9 +494,7 @@ def _result_record(tr: Trainer, status: str, final: float) -> dict[str, Any]:
         loss_ptq = tr.info.get("loss_ptq", float("nan"))
     nb = pc.total * bits / 8
     flops = phase_flops(cfg, plan)
-    embed_bits = (
-        None if fp_only else tr.quant_config.resolved_embed_bits
-    )
+    embed_bits = None if fp_only else tr.quant_config.resolved_embed_bits
     wall_total = tr.wall.get("fp", 0.0) + tr.wall.get("qat", 0.0)
     return {
         "status": status,
@@ -546,8 +574,16 @@ def train_trunk(
     bar = _progress_bar(tr.plan, tr.step) if progress else None
     try:
         for s in todo:
-            _run_steps(tr, s, log=log, phase="fp", eval_steps=set(), ckpt_steps=set(),
-                       ckpt_path=None, bar=bar)
+            _run_steps(
+                tr,
+                s,
+                log=log,
+                phase="fp",
+                eval_steps=set(),
+                ckpt_steps=set(),
+                ckpt_path=None,
+                bar=bar,
+            )
             tr.save(paths[s])
     finally:
         if bar is not None:
@@ -561,8 +597,11 @@ class _Bar:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.p = Progress(
-            TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
+            TextColumn("[bold]train"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeRemainingColumn(),
         )
         self.task = self.p.add_task("train", total=total, completed=start, loss=float("nan"))
         self.p.start()

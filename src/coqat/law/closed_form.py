@@ -1,0 +1,156 @@
+"""The paper's closed-form optimal QAT fraction: ``f_hat(S_total) = exp(-a / ln S_total)``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coqat.errors import ConfigError
+
+PAPER_A = 6.7297
+PAPER_SOURCE = "paper closed form (Dremov et al. 2025), a=6.7297; no loss law fitted yet"
+
+
+class FractionClosedForm:
+    """``f_hat = exp(-a / ln S_total)`` clipped to [0, 1]; ``f_hat = 0`` for ``S_total <= e``.
+
+    ``S_total = D / (N * bits/8)``. Predicts the loss-optimal QAT fraction only (no loss).
+    """
+
+    name = "closed-form"
+    param_names = ["a"]
+    bounds = {"a": (0.0, 100.0)}
+    depends_on_fraction = True
+
+    def __init__(self, a: float = PAPER_A, source: str | None = None):
+        self.params_ = {"a": float(a)}
+        self.provenance: dict[str, Any] = {"source": source or PAPER_SOURCE}
+        self.fit_report_: dict[str, Any] | None = {"converged": True, "note": "paper value"}
+
+    @property
+    def a(self) -> float:
+        return self.params_["a"]
+
+    def predict_fraction(self, S_total: Any) -> Any:
+        S = np.asarray(S_total, float)
+        if np.any(~np.isfinite(S)) or np.any(S <= 0):
+            raise ConfigError("S_total", f"must be a finite number > 0, got {S_total!r}")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lnS = np.log(S)
+            f = np.where(lnS > 1.0, np.exp(-self.a / np.where(lnS > 1.0, lnS, 1.0)), 0.0)
+        f = np.clip(f, 0.0, 1.0)
+        return float(f) if f.ndim == 0 else f
+
+    def optimal_fraction(self, N: Any, D: Any, bits: Any) -> Any:
+        from coqat.law.runs import check_bits, finite_positive
+
+        N = finite_positive(N, "N")
+        D = finite_positive(D, "D")
+        b = check_bits(bits)
+        return self.predict_fraction(D / (N * np.minimum(b, 16.0) / 8.0))
+
+    def fit(self, S_total: Any, f_star: Any, loss: str = "mae") -> FractionClosedForm:
+        """Refit ``a`` from (S_total, f*) pairs by MAE (paper's metric) or least squares."""
+        from scipy.optimize import minimize_scalar
+
+        S = np.asarray(S_total, float)
+        f = np.asarray(f_star, float)
+        if S.shape != f.shape or S.size < 1:
+            raise ConfigError("f_star", "need equally long, non-empty S_total and f_star")
+        if loss not in ("mae", "lsq"):
+            raise ConfigError("loss", f"{loss!r} is not allowed; choose one of ['mae', 'lsq']")
+        ok = S > np.e
+        if not ok.any():
+            raise ConfigError("S_total", "need pairs with S_total > e to fit a")
+
+        def obj(a):
+            r = FractionClosedForm(a).predict_fraction(S[ok]) - f[ok]
+            return np.mean(np.abs(r)) if loss == "mae" else np.mean(r * r)
+
+        res = minimize_scalar(
+            obj, bounds=self.bounds["a"], method="bounded", options={"xatol": 1e-6}
+        )
+        self.params_ = {"a": float(res.x)}
+        pred = self.predict_fraction(S[ok])
+        self.fit_report_ = {
+            "converged": bool(res.success),
+            "loss": loss,
+            "n": int(ok.sum()),
+            "mae": float(np.mean(np.abs(pred - f[ok]))),
+        }
+        self.provenance = {
+            "source": f"closed form refitted on {int(ok.sum())} (S, f*) pairs",
+            "n_pairs": int(ok.sum()),
+            "fit_range": {"S_total": [float(S[ok].min()), float(S[ok].max())]},
+        }
+        return self
+
+    def fit_runs(self, runs: Any, loss: str = "mae", min_fractions: int = 3) -> FractionClosedForm:
+        """Refit from a runs table: f* = grid argmin of loss within each (N, D, bits) group of
+        quantized runs with at least ``min_fractions`` distinct fractions (as the paper did)."""
+        from coqat import __version__
+        from coqat.law.base import make_provenance
+
+        q = runs.bits < 16
+        keys = np.stack([runs.N, np.round(runs.D, -3), runs.bits], axis=1)[q]
+        f, L, S = runs.f[q], runs.loss[q], runs.S_total[q]
+        uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+        inv = inv.ravel()
+        Ss, fs = [], []
+        for g in range(len(uniq)):
+            m = inv == g
+            if len(np.unique(f[m])) >= min_fractions:
+                i = np.argmin(L[m])
+                Ss.append(S[m][i])
+                fs.append(f[m][i])
+        if not Ss:
+            raise ConfigError("runs", f"no (N, D, bits) group with >= {min_fractions} fractions")
+        self.fit(np.array(Ss), np.array(fs), loss=loss)
+        prov = make_provenance(self, runs, {"loss": loss, "min_fractions": min_fractions})
+        prov.update(source=self.provenance["source"], n_pairs=len(Ss), coqat_version=__version__)
+        self.provenance = prov
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        from coqat.law.base import FORMAT
+
+        return {
+            "format": FORMAT,
+            "law": self.name,
+            "class": type(self).__name__,
+            "param_names": self.param_names,
+            "params": self.params_,
+            "provenance": self.provenance,
+            "fit_report": self.fit_report_,
+        }
+
+    @classmethod
+    def from_json(cls, d: Any) -> FractionClosedForm:
+        if isinstance(d, str | Path):
+            d = json.loads(Path(d).read_text())
+        if d.get("law") != cls.name:
+            raise ConfigError("law", f"JSON holds a {d.get('law')!r} law, not {cls.name!r}")
+        law = cls(d["params"]["a"])
+        law.provenance = dict(d.get("provenance") or {})
+        law.fit_report_ = d.get("fit_report")
+        return law
+
+    def save(self, path: str | Path) -> Path:
+        from coqat.config import atomic_write_text
+
+        p = Path(path)
+        atomic_write_text(p, json.dumps(self.to_json(), indent=2) + "\n")
+        return p
+
+    @property
+    def converged(self) -> bool:
+        return bool(self.fit_report_ and self.fit_report_.get("converged"))
+
+    def describe(self) -> str:
+        return f"FractionClosedForm [closed-form] a={self.a:.4f}: {self.provenance.get('source')}"
+
+    def __repr__(self) -> str:
+        return f"FractionClosedForm(a={self.a})"

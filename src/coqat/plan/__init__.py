@@ -1,0 +1,74 @@
+"""QAT planner: optimal FP/QAT split, bit width under a memory budget, FP-equivalent size.
+
+Pure numpy; imports neither torch nor scipy.optimize (see ``coqat.plan._opt``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from coqat.errors import ConfigError
+from coqat.plan.planner import (
+    best_under_memory,
+    fp_equivalent,
+    loss_curve,
+    optimal_fraction,
+    range_warnings,
+    token_equivalent,
+)
+
+DEFAULT_LAW_ENV = "COQAT_DEFAULT_LAW"
+
+
+def default_law_path() -> Path:
+    """``$COQAT_DEFAULT_LAW`` if set, else the shipped ``coqat/law/defaults/default.json``."""
+    env = os.environ.get(DEFAULT_LAW_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "law" / "defaults" / "default.json"
+
+
+def default_law() -> Any:
+    """The default law. Until a reference fit exists this is the paper's closed form alone
+    (``source: "paper closed form (Dremov et al. 2025), a=6.7297; no loss law fitted yet"``)."""
+    from coqat.law.base import load_law
+
+    p = default_law_path()
+    if not p.is_file():
+        from coqat.law.closed_form import FractionClosedForm
+
+        return FractionClosedForm()
+    return load_law(p)
+
+
+def load_law(path: str | Path) -> Any:
+    from coqat.law.base import load_law as _load
+
+    return _load(path)
+
+
+def save_default(law: Any, path: str | Path | None = None) -> Path:
+    """Save ``law`` as the default law; refuses a fit that did not converge."""
+    if not getattr(law, "converged", False):
+        raise ConfigError(
+            "law",
+            "refusing to save a fit that did not converge as the default "
+            "(fit_report.converged is false); inspect the fit, add runs or starts",
+        )
+    return law.save(Path(path) if path is not None else default_law_path())
+
+
+__all__ = [
+    "best_under_memory",
+    "default_law",
+    "default_law_path",
+    "fp_equivalent",
+    "load_law",
+    "loss_curve",
+    "optimal_fraction",
+    "range_warnings",
+    "save_default",
+    "token_equivalent",
+]

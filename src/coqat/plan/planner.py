@@ -1,0 +1,261 @@
+"""Planner: optimal QAT fraction, bit width under a memory budget, FP-equivalent size and
+token-equivalents, each with bootstrap CIs when the law carries bootstrap samples.
+
+Pure numpy: the scalar optimisation/root finding uses ``coqat.plan._opt`` (grid-bracketed golden
+section and a bracketed Illinois root finder) so the CLI never pays scipy.optimize's import time.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from coqat.errors import ConfigError
+from coqat.law.runs import QUANT_BITS, check_bits
+from coqat.plan._opt import minimize_bounded, root_log
+
+NEEDS_FIT = (
+    "loss predictions need a fitted loss law (pass --law FILE from `coqat fit`); "
+    "the closed form only predicts the optimal fraction"
+)
+DEFAULT_BITS = (1, 1.58, 2, 3, 4, 6, 8)
+
+
+def _is_closed_form(law: Any) -> bool:
+    return getattr(law, "name", "") == "closed-form"
+
+
+def _pos(v: Any, field: str) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(field, f"must be a number > 0, got {v!r}") from None
+    if not math.isfinite(x) or x <= 0:
+        raise ConfigError(field, f"must be a finite number > 0, got {v!r}")
+    return x
+
+
+def _qbits(bits: Any) -> float:
+    b = float(check_bits(bits))
+    if b >= 16:
+        raise ConfigError(
+            "bits", f"planning a QAT run needs a quantized width; choose one of {list(QUANT_BITS)}"
+        )
+    return b
+
+
+def s_total(N: float, D: float, bits: float) -> float:
+    return D / (N * bits / 8.0)
+
+
+def range_warnings(
+    law: Any, N: float | None = None, S: float | None = None, factor: float = 3.0
+) -> list[str]:
+    """Warn when N or S_total is more than ``factor`` x outside the law's fitted range."""
+    rng = (getattr(law, "provenance", {}) or {}).get("fit_range") or {}
+    out = []
+    for key, v in (("N", N), ("S_total", S)):
+        r = rng.get(key)
+        if v is None or not r:
+            continue
+        if v < r[0] / factor or v > r[1] * factor:
+            out.append(
+                f"{key}={v:.3g} is far outside the fitted range [{r[0]:.3g}, {r[1]:.3g}] "
+                f"(> {factor:g}x): extrapolation"
+            )
+    return out
+
+
+def _ci(law: Any, fn: Any, level: float | None) -> dict[str, Any]:
+    if level is None or not hasattr(law, "ci"):
+        return {"value": fn(law), "lo": None, "hi": None, "level": level, "n": 0}
+    return law.ci(fn, level)
+
+
+def _fstar(law: Any, N: float, D: float, bits: float) -> tuple[float, float]:
+    x, y = minimize_bounded(lambda f: law.loss_at_fraction(N, D, bits, f))
+    return float(x), float(y)
+
+
+def token_equivalent(
+    law: Any,
+    loss: float,
+    N: float,
+    bits: float,
+    f: float,
+    D_range: tuple[float, float] = (1e3, 1e18),
+) -> float:
+    """Total tokens D at which ``law`` predicts ``loss`` for (N, bits, QAT fraction f).
+
+    Used to convert a measured loss gain (e.g. of cooldown & QAT fusion, which the law cannot
+    express) into token-equivalent savings: ``1 - token_equivalent(L_fused) ... / D``.
+    Returns ``inf`` when the loss is below what any D in ``D_range`` reaches, NaN when above.
+    """
+    if _is_closed_form(law):
+        raise ConfigError("law", NEEDS_FIT)
+    N = _pos(N, "N")
+    loss = _pos(loss, "loss")
+    b = float(check_bits(bits))
+    f = float(f)
+    if not 0 <= f <= 1:
+        raise ConfigError("f", f"must be in [0, 1], got {f!r}")
+    if b >= 16:
+        f = 0.0
+
+    def g(D: float) -> float:
+        return float(law.predict(N, (1 - f) * D, f * D, b)) - loss
+
+    lo, hi = D_range
+    if g(hi) > 0:
+        return math.inf
+    return root_log(g, lo, hi)
+
+
+def optimal_fraction(
+    law: Any, N: Any, D: Any, bits: Any, *, level: float | None = 0.9, baseline: float = 0.1
+) -> dict[str, Any]:
+    """Loss-optimal QAT fraction f* for a run of N params and D total tokens at ``bits``.
+
+    With a fitted loss law: f* is the continuous minimiser of L(f) on [0, 1] (endpoints included),
+    with the predicted loss at f* and at ``baseline`` (the 10% rule), the regret of the baseline
+    in loss and in tokens (``extra_tokens``: how many more total tokens, as a fraction of D, the
+    baseline needs to match the loss at f*), and bootstrap CIs for each. With the closed form only
+    f_hat is given and the loss fields are None.
+    """
+    N, D, b = _pos(N, "N"), _pos(D, "D"), _qbits(bits)
+    S = s_total(N, D, b)
+    from coqat.law.closed_form import FractionClosedForm
+
+    out: dict[str, Any] = {
+        "N": N,
+        "D": D,
+        "bits": b,
+        "S_total": S,
+        "f_closed_form": FractionClosedForm().predict_fraction(S),
+        "law": law.describe() if hasattr(law, "describe") else str(law),
+        "warnings": range_warnings(law, N, S),
+    }
+    if _is_closed_form(law):
+        out.update(
+            f_opt=law.predict_fraction(S),
+            f_opt_ci=None,
+            loss_opt=None,
+            loss_baseline=None,
+            regret_loss=None,
+            extra_tokens=None,
+            note=NEEDS_FIT,
+        )
+        return out
+    if not law.depends_on_fraction:
+        L = law.loss_at_fraction(N, D, b, baseline)
+        out.update(
+            f_opt=None,
+            f_opt_ci=None,
+            loss_opt=None,
+            loss_baseline=float(L),
+            regret_loss=None,
+            extra_tokens=None,
+            note=f"the {law.name} law has no FP/QAT split; it cannot choose a fraction",
+        )
+        return out
+
+    def quantities(lw: Any) -> np.ndarray:
+        f, L = _fstar(lw, N, D, b)
+        Lb = float(lw.loss_at_fraction(N, D, b, baseline))
+        Db = token_equivalent(lw, L, N, b, baseline)
+        return np.array([f, L, Lb, Lb - L, Db / D - 1.0])
+
+    c = _ci(law, quantities, level)
+    names = ["f_opt", "loss_opt", "loss_baseline", "regret_loss", "extra_tokens"]
+    for i, n in enumerate(names):
+        out[n] = float(c["value"][i])
+        out[n + "_ci"] = None if c["lo"] is None else [float(c["lo"][i]), float(c["hi"][i])]
+    out.update(
+        baseline=baseline, level=level, n_boot=c["n"], f_opt_at_endpoint=out["f_opt"] in (0.0, 1.0)
+    )
+    return out
+
+
+def fp_equivalent(
+    law: Any, N: Any, D: Any, bits: Any, f: Any, *, level: float | None = 0.9
+) -> dict[str, Any]:
+    """FP model size N_fp (trained on the same D tokens, bits=16) whose predicted loss equals the
+    quantized model's loss L(N, D, bits, f). Also ``N_fp / N`` and the quantized model's size in
+    bytes relative to the FP-equivalent's (FP at 16 bits)."""
+    if _is_closed_form(law):
+        raise ConfigError("law", NEEDS_FIT)
+    N, D, b = _pos(N, "N"), _pos(D, "D"), _qbits(bits)
+    f = float(f)
+    if not 0 <= f <= 1:
+        raise ConfigError("f", f"must be in [0, 1], got {f!r}")
+
+    def nfp(lw: Any) -> float:
+        Lq = float(lw.loss_at_fraction(N, D, b, f))
+        return root_log(lambda n: float(lw.predict(n, D, 0.0, 16)) - Lq, N * 1e-6, N * 1e3)
+
+    c = _ci(law, nfp, level)
+    v = float(c["value"])
+    return {
+        "N": N,
+        "D": D,
+        "bits": b,
+        "f": f,
+        "N_fp": v,
+        "N_fp_ci": (None if c["lo"] is None else [float(c["lo"]), float(c["hi"])]),
+        "ratio": v / N,
+        "bytes_ratio": (N * b / 8) / (v * 2.0),
+        "level": level,
+    }
+
+
+def best_under_memory(
+    law: Any,
+    memory_bytes: Any,
+    tokens: Any = None,
+    flops: Any = None,
+    bits: Any = DEFAULT_BITS,
+    *,
+    level: float | None = 0.9,
+) -> list[dict[str, Any]]:
+    """Compare bit widths under a weight-memory budget.
+
+    For each B: ``N = memory_bytes * 8 / B`` (every parameter, embeddings included, counted at B
+    bits: a simple budget), ``D = tokens`` or ``D = flops / (6 N)``, the optimal fraction and the
+    predicted loss. Rows sorted best (lowest loss) first; with the closed form only, rows carry
+    f_hat and are sorted by bits (no loss ranking possible).
+    """
+    mem = _pos(memory_bytes, "memory")
+    if (tokens is None) == (flops is None):
+        raise ConfigError("tokens", "give exactly one of tokens or flops")
+    rows = []
+    for B in bits:
+        b = _qbits(B)
+        N = mem * 8.0 / b
+        D = _pos(tokens, "tokens") if tokens is not None else _pos(flops, "flops") / (6.0 * N)
+        r = optimal_fraction(law, N, D, b, level=level)
+        rows.append(
+            {
+                "bits": b,
+                "N": N,
+                "D": D,
+                "S_total": r["S_total"],
+                "f_opt": r["f_opt"],
+                "loss_opt": r.get("loss_opt"),
+                "loss_opt_ci": r.get("loss_opt_ci"),
+                "warnings": r["warnings"],
+            }
+        )
+    if any(r["loss_opt"] is not None for r in rows):
+        rows.sort(key=lambda r: (r["loss_opt"] is None, r["loss_opt"] or 0.0))
+    return rows
+
+
+def loss_curve(
+    law: Any, N: float, D: float, bits: float, n: int = 101, level: float | None = 0.9
+) -> dict[str, Any]:
+    """Predicted loss vs QAT fraction on a grid, with a bootstrap band if available."""
+    f = np.linspace(0, 1, n)
+    c = _ci(law, lambda lw: lw.loss_at_fraction(N, D, bits, f), level)
+    return {"f": f, "loss": c["value"], "lo": c["lo"], "hi": c["hi"]}
