@@ -72,7 +72,7 @@ def evaluate_path(
         from coqat.quant import load_export
 
         model, info = load_export(path)
-        run_cfg = info.get("run_config") or {}
+        run_cfg = (info.get("extra") or {}).get("run_config") or {}
         cfg = from_dict(RunConfig, run_cfg) if run_cfg else RunConfig(model=model.cfg)
         kind = "export"
     else:

@@ -27,7 +27,7 @@ def quickstart(
         con.print(
             f"[bold]1/4[/] preparing the embedded sample ({sample_path().name}) -> {data_dir}"
         )
-        prepare([sample_path()], data_dir, vocab_size=4096)
+        prepare([sample_path()], data_dir, vocab_size=4096, val_fraction=0.05)
     ds = TokenDataset(data_dir, "train")
     val = TokenDataset(data_dir, "val")
     con.print(f"      {len(ds):,} train / {len(val):,} val tokens, vocab {ds.vocab_size}")
@@ -39,6 +39,7 @@ def quickstart(
         "data": {"path": str(data_dir), "val_tokens": 65_536},
         "optim": {"lr": 3e-3, "batch_size": 16},
         "tokens": tokens,
+        "eval_every": tokens,  # evaluate at the phase switch and at the end
         "device": device,
     }
     runs = {
@@ -71,7 +72,7 @@ def quickstart(
     try:
         from coqat.law import FractionClosedForm
 
-        fh = float(FractionClosedForm().predict(qat["S_total"]))
+        fh = float(FractionClosedForm().predict_fraction(qat["S_total"]))
         con.print(f"      S_total = {qat['S_total']:.1f} -> f_hat = {fh:.3f}")
     except ImportError:  # pragma: no cover - law layer missing
         pass
