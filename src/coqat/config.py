@@ -73,6 +73,10 @@ def _coerce(value: Any, tp: Any, field: str) -> Any:
         raise ConfigError(field, f"{value!r} matches none of {[_type_name(a) for a in args]}")
     if origin is typing.Literal:
         allowed = get_args(tp)
+        if isinstance(value, bool) and all(isinstance(a, str) for a in allowed):
+            # YAML 1.1 reads on/off/yes/no as booleans: map them back to the word allowed here
+            words = ("on", "true", "yes") if value else ("off", "false", "no")
+            value = next((a for a in allowed if a in words), value)
         # allow 4 == 4.0 etc. but not bool for numbers
         for a in allowed:
             if value == a and type(value) is not bool or value is a:

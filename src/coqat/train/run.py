@@ -26,6 +26,13 @@ from coqat.model.config import param_counts
 from coqat.model.llama import Llama
 from coqat.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from coqat.train.config import FP_BITS, QATConfig, RunConfig
+from coqat.train.distributed import (
+    all_reduce_sum,
+    average_gradients,
+    barrier,
+    init_distributed,
+    rows_for_rank,
+)
 from coqat.train.metrics import MetricsLog
 from coqat.train.phases import PhasePlan, lr_multiplier, phase_flops, plan_phases
 
@@ -106,6 +113,16 @@ class Diverged(Exception):
     pass
 
 
+class NullLog:
+    """The metrics log of ranks other than 0: writes nothing."""
+
+    def write(self, **rec: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class Trainer:
     """Holds the model, optimizer and data of one run and advances them step by step."""
 
@@ -115,6 +132,9 @@ class Trainer:
         self.cfg = cfg
         self.plan: PhasePlan = plan_phases(cfg)
         self.device = resolve_device(cfg)
+        self.dist = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         self.cuda = self.device.type == "cuda"
         self.use_compile = cfg.compile == "on" or (cfg.compile == "auto" and self.cuda)
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.cuda)
@@ -215,9 +235,9 @@ class Trainer:
         lr = cfg.optim.lr * lr_multiplier(cfg, self.plan, self.step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        batch = self.sampler.batch(self.step)
-        micro = cfg.optim.micro
-        n_micro = cfg.optim.batch_size // micro
+        batch = self.sampler.batch(self.step)[rows_for_rank(cfg.optim.batch_size, self.dist)]
+        micro = min(cfg.optim.micro, len(batch))
+        n_micro = len(batch) // micro
         fn = self.loss_fn()
         total = torch.zeros((), device=self.device)
         for i in range(n_micro):
@@ -226,6 +246,9 @@ class Trainer:
                 loss = fn(self.model, x, y)
             (loss / n_micro).backward()
             total += loss.detach() / n_micro
+        if self.dist.enabled:
+            average_gradients(list(self.model.parameters()), self.dist)
+            total = all_reduce_sum(total, self.dist) / self.dist.world
         if cfg.optim.grad_clip > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
         else:
@@ -243,15 +266,21 @@ class Trainer:
         model = model if model is not None else self.model
         fn = _forward_loss  # eager: evaluation is cheap, a compile per phase is not
         total, count = 0.0, 0
-        for arr in validation_windows(
+        windows = validation_windows(
             self.val_ds, self.cfg.model.seq_len, self.cfg.data.val_tokens, self.cfg.optim.micro
-        ):
+        )
+        for i, arr in enumerate(windows):
+            if i % self.dist.world != self.dist.rank:
+                continue
             x, y = self._to_device(arr)
             with self._autocast():
                 loss = fn(model, x, y)
             n = y.numel()
             total += float(loss) * n
             count += n
+        if self.dist.enabled:
+            t = torch.tensor([total, count], dtype=torch.float64, device=self.device)
+            total, count = all_reduce_sum(t, self.dist).tolist()
         return total / count
 
     def evaluate_ptq(self) -> float:
@@ -299,7 +328,9 @@ class Trainer:
             self.wall = dict(sd.get("wall", self.wall))
 
     def save(self, path: Path) -> None:
-        save_checkpoint(path, self.state_dict())
+        if self.dist.main:
+            save_checkpoint(path, self.state_dict())
+        barrier(self.dist)
 
 
 def _log_every(plan: PhasePlan) -> int:
@@ -348,9 +379,10 @@ def _run_steps(
                 )
             if bar is not None:
                 bar.update(s, loss=lv)
-        if s in eval_steps and log is not None:
+        if s in eval_steps:
             vl = tr.evaluate()
-            log.write(step=s, tokens=s * tr.plan.tokens_per_step, phase=phase, val_loss=vl)
+            if log is not None:
+                log.write(step=s, tokens=s * tr.plan.tokens_per_step, phase=phase, val_loss=vl)
         if ckpt_path is not None and s in ckpt_steps and s < tr.plan.steps:
             tr.wall[phase] += time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -387,8 +419,10 @@ def execute(
     result_path = run_dir / "result.json"
     if resume and result_path.exists():
         return json.loads(result_path.read_text())
-    atomic_write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
     tr = Trainer(cfg, progress=progress)
+    main = tr.dist.main
+    if main:
+        atomic_write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
     plan = tr.plan
     ckpt = run_dir / CHECKPOINT
     if resume and ckpt.exists():
@@ -402,11 +436,12 @@ def execute(
             )
         tr.load_state_dict(sd, as_branch=True)
         tr.info["branched_from"] = str(start_from)
-    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=tr.step)
+    barrier(tr.dist)
+    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=tr.step) if main else NullLog()
     evals = _schedule_points(cfg, plan, cfg.eval_every, 10)
     ckpts = _schedule_points(cfg, plan, cfg.checkpoint_every, 1) if cfg.checkpoint_every else set()
     ckpts |= {plan.fp_steps}
-    bar = _progress_bar(plan, tr.step) if progress else None
+    bar = _progress_bar(plan, tr.step) if progress and main else None
     status = "done"
     try:
         if tr.step < plan.fp_steps:
@@ -462,6 +497,11 @@ def execute(
         )
     else:
         final = float("nan")
+    result = _result_record(tr, status, final)
+    if not main:
+        log.close()
+        barrier(tr.dist)
+        return result
     if status == "done":
         # keep the final weights for export; the optimizer state is no longer needed
         save_checkpoint(
@@ -469,10 +509,10 @@ def execute(
             {"model": tr.model.state_dict(), "quantized": tr.quantized, "config": to_dict(cfg)},
         )
     # result.json marks the run complete: written after the weights, before the checkpoint goes
-    result = _result_record(tr, status, final)
     atomic_write_text(result_path, json.dumps(result, indent=2) + "\n")
     ckpt.unlink(missing_ok=True)
     log.close()
+    barrier(tr.dist)
     return result
 
 
@@ -565,13 +605,17 @@ def train_trunk(
     todo = [s for s in steps if not paths[s].exists()]
     if not todo:
         return paths
-    atomic_write_text(trunk_dir / "config.json", json.dumps(to_dict(tcfg), indent=2) + "\n")
     tr = Trainer(tcfg, progress=progress)
+    if tr.dist.main:
+        atomic_write_text(trunk_dir / "config.json", json.dumps(to_dict(tcfg), indent=2) + "\n")
     done = [s for s in steps if paths[s].exists() and s < todo[0]]
     if done:
         tr.load_state_dict(load_checkpoint(paths[done[-1]]))
-    log = MetricsLog(trunk_dir / "metrics.jsonl", resume_step=tr.step)
-    bar = _progress_bar(tr.plan, tr.step) if progress else None
+    barrier(tr.dist)
+    log = (
+        MetricsLog(trunk_dir / "metrics.jsonl", resume_step=tr.step) if tr.dist.main else NullLog()
+    )
+    bar = _progress_bar(tr.plan, tr.step) if progress and tr.dist.main else None
     try:
         for s in todo:
             _run_steps(
