@@ -161,7 +161,14 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
         return cls(**kwargs)
     except ConfigError as e:
         if prefix and not e.field.startswith(prefix + "."):
-            raise ConfigError(f"{prefix}.{e.field}", str(e).split(": ", 1)[1]) from None
+            # validators name fields as "<section>.<field>"; drop a section the prefix ends with
+            head, _, last = prefix.rpartition(".")
+            field = e.field
+            if field.split(".", 1)[0] == last:
+                field = f"{head}.{field}" if head else field
+            else:
+                field = f"{prefix}.{field}"
+            raise ConfigError(field, str(e).split(": ", 1)[1]) from None
         raise
 
 

@@ -1,0 +1,253 @@
+"""``coqat sweep plan|run|status``, ``coqat results export`` and ``coqat report``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    sw = subparsers.add_parser(
+        "sweep",
+        help="plan, run and monitor sweeps of FP -> QAT runs",
+        description="Sweeps: a YAML/TOML grid of runs (sizes x tokens x bits x fractions x "
+        "schedules x seeds) trained with shared FP trunks, results in an SQLite store.",
+    )
+    sw.set_defaults(func=lambda a: sw.print_help())
+    sub = sw.add_subparsers(dest="sweep_command", metavar="{plan,run,status}")
+
+    p = sub.add_parser(
+        "plan",
+        help="list the runs and trunks of a sweep file, with exact FLOPs and time estimates",
+        description="Expand a sweep file, group runs by shared FP trunk and print the FLOPs with "
+        "and without sharing (exact) and estimated time.",
+    )
+    p.add_argument("file", help="sweep file (.yaml/.yml/.toml)")
+    _tps_arg(p)
+    p.add_argument("--no-share", action="store_true", help="plan every run trained alone")
+    p.add_argument("--runs", action="store_true", help="also list every run")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_plan)
+
+    r = sub.add_parser(
+        "run",
+        help="register a sweep's runs in a store and train them",
+        description="Register the sweep's runs (idempotent) and train them with local workers or "
+        "a SLURM job array. Safe to interrupt and re-run: finished runs are never trained again "
+        "and interrupted ones resume from their checkpoints.",
+    )
+    r.add_argument("file", help="sweep file (.yaml/.yml/.toml)")
+    r.add_argument("--store", required=True, help="results store (SQLite file; created if missing)")
+    r.add_argument("--root", required=True, help="folder for run, trunk and log folders")
+    r.add_argument("--slots", type=int, default=1,
+                   help="concurrent workers (local: processes on this machine; slurm: array tasks)")
+    r.add_argument("--executor", choices=["local", "slurm"], default="local",
+                   help="local workers or a SLURM job array via submitit")
+    r.add_argument("--engine", default="real",
+                   help="'real' (coqat.train.run), 'fake' (a dry run with synthetic losses) or "
+                   "a module path with execute/train_trunk")
+    r.add_argument("--no-share", action="store_true", help="train every run alone (no trunks)")
+    r.add_argument("--retry-failed", action="store_true", help="make failed runs pending again")
+    r.add_argument("--keep-trunks", action="store_true",
+                   help="keep trunk checkpoints after all their runs finished")
+    r.add_argument("--lease", type=float, default=120.0,
+                   help="lease seconds (a worker silent this long loses its claim)")
+    r.add_argument("--max-attempts", type=int, default=5,
+                   help="attempts before a run whose worker keeps dying is marked failed")
+    r.add_argument("--code-version", default=None,
+                   help="code version in the run keys (default: version+git commit; "
+                   "env COQAT_CODE_VERSION)")
+    r.add_argument("--worker-id", default=None, help="tag in the owner id of this driver's workers")
+    r.add_argument("--no-progress", action="store_true", help="no live table / progress lines")
+    _tps_arg(r)
+    g = r.add_argument_group("slurm (with --executor slurm)")
+    g.add_argument("--partition", default=None, help="SLURM partition")
+    g.add_argument("--time", type=int, default=240, help="minutes per array task (requeued)")
+    g.add_argument("--gpus", type=int, default=1, help="GPUs per task")
+    g.add_argument("--cpus", type=int, default=8, help="CPUs per task")
+    g.add_argument("--mem-gb", type=int, default=None, help="memory per task (GB)")
+    g.add_argument("--array-parallelism", type=int, default=None,
+                   help="max array tasks running at once")
+    g.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other submitit parameter (e.g. slurm_account=abc); repeatable")
+    g.add_argument("--no-wait", action="store_true",
+                   help="submit and return (watch with `coqat sweep status`)")
+    r.set_defaults(func=_run)
+
+    s = sub.add_parser("status", help="counts, running and failed runs of a store",
+                       description="Show the state of a results store.")
+    s.add_argument("--store", required=True, help="results store (SQLite file)")
+    s.add_argument("--sweep", default=None, help="only this sweep's runs")
+    s.add_argument("--failed", action="store_true", help="print the error of every failed run")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=_status)
+
+    res = subparsers.add_parser("results", help="export results from a store",
+                                description="Export a results store for the law fitter.")
+    res.set_defaults(func=lambda a: res.print_help())
+    rsub = res.add_subparsers(dest="results_command", metavar="{export}")
+    e = rsub.add_parser(
+        "export", help="write finished runs as CSV or Parquet",
+        description="Write the runs (N, D_fp, D_qat, bits, loss, cluster, ... ) as CSV or "
+        "Parquet; `coqat fit` and coqat.law.Runs.from_any read it directly.",
+    )
+    e.add_argument("--store", required=True, help="results store (SQLite file)")
+    e.add_argument("--format", choices=["csv", "parquet"], default=None,
+                   help="output format (default: from the --out suffix)")
+    e.add_argument("--out", required=True, help="output file")
+    e.add_argument("--sweep", default=None, help="only this sweep's runs")
+    e.add_argument("--all", action="store_true",
+                   help="every run (also pending/diverged/failed), not only finished ones")
+    e.set_defaults(func=_export)
+
+    rep = subparsers.add_parser(
+        "report", help="figures and a self-contained HTML report of a sweep",
+        description="Loss vs QAT fraction, measured f* vs S_total with the closed form, "
+        "predicted vs measured loss (with --law), fusion vs standard and the memory frontier, "
+        "in OUT/report.html (figures embedded) and PNG files.",
+    )
+    src = rep.add_mutually_exclusive_group(required=True)
+    src.add_argument("--store", help="results store (SQLite file)")
+    src.add_argument("--runs", help="runs file (.csv/.parquet/.jsonl) from `coqat results export`")
+    rep.add_argument("--law", default=None, help="law JSON (with bootstrap samples for CI bands)")
+    rep.add_argument("--out", required=True, help="output folder")
+    rep.add_argument("--title", default="coqat sweep report", help="report title")
+    rep.set_defaults(func=_report)
+
+
+def _tps_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tokens-per-s", action="append", default=[], metavar="[SIZE=]TOKENS_PER_S",
+        help="throughput for time estimates: one number for all runs or SIZE=VALUE per size "
+        "(repeatable; default: measured H200 table)",
+    )
+
+
+def _parse_tps(values: list[str]) -> Any:
+    from coqat.errors import ConfigError
+
+    if not values:
+        return None
+    table: dict[str, float] = {}
+    for v in values:
+        try:
+            if "=" in v:
+                k, x = v.split("=", 1)
+                table[k.strip()] = float(x)
+            else:
+                return float(v)
+        except ValueError:
+            raise ConfigError("--tokens-per-s", f"{v!r} is not a number or SIZE=NUMBER") from None
+    return table
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from coqat.sweep.keys import code_version
+    from coqat.sweep.spec import expand, load_spec
+    from coqat.sweep.tree import format_plan, plan_sweep
+
+    spec = load_spec(args.file)
+    runs = expand(spec)
+    plan = plan_sweep(runs, share=not args.no_share, tokens_per_s=_parse_tps(args.tokens_per_s),
+                      version=code_version())
+    if args.json:
+        print(json.dumps({"sweep": spec.name, **plan.summary()}, indent=2))
+        return 0
+    print(format_plan(plan, spec.name))
+    if args.runs:
+        for r in plan.runs:
+            c = r.cfg
+            print(f"  {c.size or '-':>5} D={c.tokens:>12,} B={c.qat.bits:<4g} "
+                  f"f={c.qat.fraction:<5g} {c.qat.schedule:<8} seed={c.seed} "
+                  f"trunk={r.trunk or '-'} branch={r.branch_step}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from coqat.errors import ConfigError
+    from coqat.sweep.executor import run_sweep
+
+    slurm = None
+    if args.executor == "slurm":
+        slurm = {"timeout_min": args.time, "gpus_per_node": args.gpus,
+                 "cpus_per_task": args.cpus}
+        if args.partition:
+            slurm["slurm_partition"] = args.partition
+        if args.mem_gb:
+            slurm["mem_gb"] = args.mem_gb
+        if args.array_parallelism:
+            slurm["slurm_array_parallelism"] = args.array_parallelism
+        for kv in args.slurm_param:
+            if "=" not in kv:
+                raise ConfigError("--slurm-param", f"{kv!r} is not KEY=VALUE")
+            k, v = kv.split("=", 1)
+            import yaml
+
+            slurm[k.strip()] = yaml.safe_load(v)
+    res = run_sweep(
+        args.file, args.store, args.root, slots=args.slots, worker_id=args.worker_id,
+        progress=not args.no_progress, engine=args.engine, executor=args.executor,
+        version=args.code_version, share=not args.no_share, retry_failed=args.retry_failed,
+        keep_trunks=args.keep_trunks, lease_s=args.lease, max_attempts=args.max_attempts,
+        tokens_per_s=_parse_tps(args.tokens_per_s), slurm=slurm, wait=not args.no_wait,
+    )
+    c = res["counts"]
+    print(f"sweep {res['sweep']}: {res['registered']} new runs registered; "
+          f"{c['done']} done, {c['diverged']} diverged, {c['failed']} failed, "
+          f"{c['pending'] + c['running']} left"
+          + (f"; SLURM jobs {', '.join(map(str, res['jobs']))}" if res.get("jobs") else ""))
+    return 1 if c["failed"] else 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from coqat.sweep.progress import log_line, snapshot
+    from coqat.sweep.store import Store
+
+    with Store(args.store, create=False) as st:
+        sweeps = st.sweeps()
+        failed = st.rows(("failed",), sweep=args.sweep)
+        trunks = st.trunks()
+    snap = snapshot(args.store, sweep=args.sweep)
+    if args.json:
+        print(json.dumps({"sweeps": sweeps, **snap,
+                          "failed": [{"key": f["key"], "error": f["error"]} for f in failed],
+                          "trunks": [{k: t[k] for k in ("key", "status", "owner", "error")}
+                                     for t in trunks]}, indent=2, default=str))
+        return 0
+    print(f"store {args.store}: sweeps {', '.join(sweeps) or '-'}")
+    print(log_line(snap))
+    for r in snap["running"]:
+        print(f"  running {r['key']} {r['size']} B={r['bits']:g} f={r['f']:.3f} "
+              f"{r['schedule']} owner={r['owner']} try {r['attempts']}")
+    t_counts: dict[str, int] = {}
+    for t in trunks:
+        t_counts[t["status"]] = t_counts.get(t["status"], 0) + 1
+    if trunks:
+        print("trunks: " + ", ".join(f"{v} {k}" for k, v in sorted(t_counts.items())))
+    for f in failed:
+        err = (f["error"] or "").strip().splitlines()
+        print(f"  failed {f['key']}: {err[-1] if err else '?'}")
+        if args.failed:
+            print("    " + "\n    ".join(err))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from coqat.sweep.store import Store
+
+    with Store(args.store, create=False) as st:
+        statuses = None if args.all else ("done",)
+        n = len(st.to_records(statuses, args.sweep))
+        p = st.export(args.out, args.format, statuses, args.sweep)
+    print(f"wrote {n} runs to {p}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from coqat.sweep.report import build_report
+
+    p = build_report(args.out, store=args.store, runs=args.runs, law=args.law, title=args.title)
+    print(f"wrote {p}", file=sys.stdout)
+    return 0

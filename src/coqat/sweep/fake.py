@@ -1,0 +1,170 @@
+"""A fake training engine with the interface of :mod:`coqat.train.run` (no torch, no data).
+
+``execute`` and ``train_trunk`` sleep instead of training and return result records whose losses
+come from a smooth QAT-law-shaped formula (a true interior optimal fraction), so the whole sweep
+machinery (store, leases, trunks, kills, export, report) can be exercised in seconds::
+
+    coqat sweep run examples/sweeps/tiny.yaml --store /tmp/s.db --root /tmp/s --engine fake
+
+Environment knobs (read at every call, so worker subprocesses see them):
+
+* ``COQAT_FAKE_DELAY``: seconds per run (default 0.05); trunks take the same per branch step;
+* ``COQAT_FAKE_LOG``: a file to which every event is appended as one line
+  (``start KEY PID``, ``end KEY PID``, ``cached KEY PID``, ``trunk DIR STEP PID``,
+  ``double KEY PID`` if a run is ever completed twice);
+* ``COQAT_FAKE_FAIL_SEED``: runs with this seed raise RuntimeError.
+
+A run whose ``optim.lr >= 1`` diverges. The run's completion is an atomic ``os.link`` of
+``result.json`` (it fails if the file exists), so a second completion of one run is detected.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _log(event: str, what: str) -> None:
+    path = os.environ.get("COQAT_FAKE_LOG")
+    if not path:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{event} {what} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def _sleep(total: float) -> None:
+    end = time.monotonic() + total
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, 0.02))
+
+
+def fake_loss(N: float, D_fp: float, D_qat: float, bits: float) -> float:
+    """A QAT-law-shaped loss: Chinchilla terms on effective tokens plus a quantization penalty
+    that QAT tokens (relative to the model's bytes) reduce and FP tokens make harder."""
+    base = 1.7 + 50.0 / N**0.34 + 40.0 / (D_fp + 0.7 * D_qat + 1.0) ** 0.28
+    if bits >= 16:
+        return base
+    nb = N * bits / 8.0
+    s_qat = D_qat / nb
+    s_fp = D_fp / nb
+    pen = 2.0 ** (-bits) * 1.6 * (1.0 + 0.15 * math.log1p(s_fp)) / (1.0 + s_qat**0.6)
+    return base + pen
+
+
+def record(cfg, status: str = "done") -> dict[str, Any]:
+    """A result record with the fields of :func:`coqat.train.run.execute`'s."""
+    from coqat.config import config_hash
+    from coqat.model.config import param_counts
+    from coqat.train.phases import phase_flops, plan_phases
+
+    plan = plan_phases(cfg)
+    pc = param_counts(cfg.model)
+    bits = cfg.qat.bits
+    nb = pc.total * bits / 8
+    fl = phase_flops(cfg, plan)
+    loss = fake_loss(pc.total, plan.d_fp, plan.d_qat, bits)
+    loss_fp = fake_loss(pc.total, plan.d_fp, 0, 16.0) if plan.d_fp else float("nan")
+    loss_ptq = loss_fp + 2.0 ** (-bits) * 6 if plan.d_fp and bits < 16 else float("nan")
+    if plan.qat_steps == 0 and bits < 16:
+        loss = loss_ptq
+    elif plan.schedule == "standard" and 0 < plan.qat_steps < plan.steps:
+        loss += 0.02 * plan.fraction * (1 - plan.fraction)  # fusion helps a little
+    if status != "done":
+        loss = float("nan")
+    delay = float(os.environ.get("COQAT_FAKE_DELAY", "0.05"))
+    embed_bits = None if bits >= 16 else max(bits, 4.0)
+    return {
+        "status": status,
+        "loss": loss,
+        "loss_fp": loss_fp,
+        "loss_ptq": loss_ptq,
+        "size": cfg.size,
+        "N": pc.total,
+        "N_nonemb": pc.non_embedding,
+        "N_embed": pc.embedding,
+        "N_linear": pc.linear,
+        "bits": bits,
+        "embed_bits": embed_bits,
+        "model_bytes": pc.model_bytes(bits, embed_bits) if bits < 16 else pc.total * 2.0,
+        "D_total": plan.tokens,
+        "D_fp": plan.d_fp,
+        "D_qat": plan.d_qat,
+        "f": plan.fraction,
+        "f_requested": cfg.qat.fraction,
+        "S_total": plan.tokens / nb,
+        "S_fp": plan.d_fp / nb,
+        "S_qat": plan.d_qat / nb,
+        "schedule": plan.schedule,
+        "seed": cfg.seed,
+        "lr": cfg.optim.lr,
+        "steps": plan.steps,
+        "flops_fp": fl["fp"],
+        "flops_qat": fl["qat"],
+        "flops": fl["total"],
+        "wall_fp": delay * (1 - plan.fraction),
+        "wall_qat": delay * plan.fraction,
+        "tokens_per_s": plan.tokens / max(delay, 1e-9),
+        "device": "fake",
+        "commit": "",
+        "config_hash": config_hash(cfg),
+        "engine": "fake",
+    }
+
+
+def execute(cfg, run_dir, *, resume: bool = True, start_from=None, progress: bool = False) -> dict:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    res_path = run_dir / "result.json"
+    key = run_dir.name
+    if resume and res_path.exists():
+        _log("cached", key)
+        return json.loads(res_path.read_text())
+    if start_from is not None:
+        from coqat.train.phases import plan_phases
+
+        got = json.loads(Path(start_from).read_text())["step"]
+        want = plan_phases(cfg).branch_step
+        if got != want:
+            raise RuntimeError(f"start_from is at step {got}, the run branches at {want}")
+    _log("start", key)
+    _sleep(float(os.environ.get("COQAT_FAKE_DELAY", "0.05")))
+    fail_seed = os.environ.get("COQAT_FAKE_FAIL_SEED")
+    if fail_seed is not None and cfg.seed == int(fail_seed):
+        raise RuntimeError(f"fake failure for seed {cfg.seed}")
+    rec = record(cfg, "diverged" if cfg.optim.lr >= 1.0 else "done")
+    if start_from is not None:
+        rec["branched_from"] = str(start_from)
+    tmp = run_dir / f".result.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(rec))
+    try:
+        os.link(tmp, res_path)  # atomic, and fails if the run was completed before
+    except FileExistsError:
+        _log("double", key)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _log("end", key)
+    return rec
+
+
+def train_trunk(cfg, trunk_dir, branch_steps, *, progress: bool = False) -> dict[int, Path]:
+    trunk_dir = Path(trunk_dir)
+    trunk_dir.mkdir(parents=True, exist_ok=True)
+    steps = sorted({int(s) for s in branch_steps if s > 0})
+    paths = {s: trunk_dir / f"step_{s:08d}.json" for s in steps}
+    delay = float(os.environ.get("COQAT_FAKE_DELAY", "0.05"))
+    for s in steps:
+        if paths[s].exists():
+            continue
+        _sleep(delay)
+        from coqat.config import atomic_write_text
+
+        atomic_write_text(paths[s], json.dumps({"step": s}))
+        _log("trunk", f"{trunk_dir.name}@{s}")
+    return paths

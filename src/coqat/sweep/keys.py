@@ -1,0 +1,93 @@
+"""Keys of runs and FP trunks (torch-free).
+
+* run key = ``config_hash(config without data.path, code version, data hash)``: the data folder's
+  location does not matter, its contents (the manifest's tokenizer and split hashes) do; the code
+  version is ``coqat.__version__`` plus the git commit when the source is a git checkout
+  (override with ``COQAT_CODE_VERSION`` or ``--code-version`` to reuse results across commits).
+* trunk key = hash of what the stable-LR FP trunk depends on: model, data (contents), optimizer,
+  warmup, tokens, seed, and the numerics settings (device, compile, precision), plus the code
+  version and data hash. Runs with equal trunk keys share their trunk up to their branch step.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+from coqat.config import config_hash, to_dict
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    """Short commit of the coqat source tree, or '' outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def code_version() -> str:
+    """``COQAT_CODE_VERSION`` if set, else ``<version>+g<commit>`` (or just the version)."""
+    env = os.environ.get("COQAT_CODE_VERSION")
+    if env:
+        return env
+    from coqat import __version__
+
+    c = git_commit()
+    return f"{__version__}+g{c}" if c else __version__
+
+
+@functools.lru_cache(maxsize=256)
+def data_hash(path: str) -> str:
+    """16 hex chars of a prepared data folder's manifest (tokenizer + split hashes), the same
+    value as ``TokenDataset.data_hash``; '' when ``path`` is empty or has no manifest yet."""
+    if not path:
+        return ""
+    p = Path(path) / "manifest.json"
+    if not p.is_file():
+        return ""
+    m = json.loads(p.read_text("utf-8"))
+    h = hashlib.sha256(str(m.get("tokenizer_sha256", "")).encode())
+    for name in sorted(m.get("splits", {})):
+        h.update(f"\0{name}:{m['splits'][name].get('sha256', '')}".encode())
+    return h.hexdigest()[:16]
+
+
+def _pathless(cfg):
+    return replace(cfg, data=replace(cfg.data, path=""))
+
+
+def run_key(cfg, version: str | None = None, dhash: str | None = None) -> str:
+    """Store key of a run (see module doc)."""
+    version = code_version() if version is None else version
+    dhash = data_hash(cfg.data.path) if dhash is None else dhash
+    return config_hash(_pathless(cfg), version, dhash)
+
+
+def trunk_key(cfg, version: str | None = None, dhash: str | None = None) -> str:
+    """Key of the FP trunk of ``cfg`` (see module doc)."""
+    version = code_version() if version is None else version
+    dhash = data_hash(cfg.data.path) if dhash is None else dhash
+    c = _pathless(cfg)
+    parts = {
+        "model": to_dict(c.model),
+        "data": to_dict(c.data),
+        "optim": to_dict(c.optim),
+        "warmup": c.schedule.warmup,
+        "tokens": c.tokens,
+        "seed": c.seed,
+        "numerics": [c.device, c.compile, c.precision],
+    }
+    return "t" + config_hash(parts, version, dhash, length=15)

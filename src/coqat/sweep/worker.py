@@ -1,0 +1,251 @@
+"""The worker loop: claim work from the store, train it, record the result; repeat.
+
+``python -m coqat.sweep.worker STORE [ROOT]`` runs one worker (the local executor starts
+``slots`` of them; the SLURM executor one per array task). Work is a trunk (train the shared FP
+trunk to each branch step still needed, marking each checkpoint ready as soon as it is written)
+or a run (train it, from its trunk checkpoint when one is ready, resuming from its own checkpoint
+when an earlier attempt was interrupted). The worker exits when no run of its code version is
+pending or running any more.
+
+While it holds a claim a heartbeat thread renews the lease. If the lease is lost (the worker
+stalled for longer than the lease and another worker took the work over), the heartbeat
+interrupts the work and the worker moves on without recording anything for it. SIGTERM and
+Ctrl-C give the current claim back (pending) and stop the worker.
+"""
+
+from __future__ import annotations
+
+import _thread
+import argparse
+import importlib
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from coqat.sweep.store import Claim, Store, new_owner
+
+ENGINES = {"real": "coqat.train.run", "fake": "coqat.sweep.fake"}
+
+
+def load_engine(engine: Any) -> Any:
+    """An object with ``execute`` and ``train_trunk``: a module path, 'real'/'fake', or the
+    object itself."""
+    if isinstance(engine, str):
+        return importlib.import_module(ENGINES.get(engine, engine))
+    return engine
+
+
+def engine_name(engine: Any) -> str:
+    if isinstance(engine, str):
+        return ENGINES.get(engine, engine)
+    name = getattr(engine, "__name__", None)
+    if not name or name not in sys.modules:
+        raise ValueError("engine: pass a module path (string) for worker subprocesses")
+    return name
+
+
+class _Heartbeat:
+    """Renews a claim's lease from a thread with its own connection."""
+
+    def __init__(self, store_path: Path, claim: Claim, lease_s: float):
+        self.store_path, self.claim, self.lease_s = store_path, claim, lease_s
+        self.lost = False
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True, name="coqat-heartbeat")
+
+    def _run(self) -> None:
+        st = None
+        interval = max(0.05, self.lease_s / 4)
+        while not self._stop.wait(interval):
+            try:
+                st = st or Store(self.store_path, create=False)
+                ok = st.heartbeat(self.claim, self.lease_s)
+            except Exception:  # noqa: BLE001 - busy/unreachable store: try again
+                continue
+            if not ok and not self._stop.is_set():
+                self.lost = True
+                _thread.interrupt_main()
+                break
+        if st is not None:
+            st.close()
+
+    def __enter__(self) -> _Heartbeat:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._t.join(timeout=10)
+
+
+class _Stop(KeyboardInterrupt):
+    pass
+
+
+def _sigterm(signum, frame):  # pragma: no cover - exercised through subprocesses
+    raise _Stop(f"signal {signum}")
+
+
+def work(
+    store_path: str | Path,
+    root_dir: str | Path | None = None,
+    *,
+    engine: Any = "coqat.train.run",
+    version: str | None = None,
+    owner: str | None = None,
+    lease_s: float = 120.0,
+    poll_s: float = 2.0,
+    max_attempts: int = 5,
+    sweep: str | None = None,
+    share: bool = True,
+    keep_trunks: bool = False,
+    progress: bool = False,
+    wait: bool = True,
+    log=None,
+) -> dict[str, int]:
+    """Run the worker loop until no work is left; returns counts of what this worker did."""
+    from coqat.config import from_dict
+    from coqat.sweep.keys import code_version
+    from coqat.train.config import RunConfig
+
+    store_path = Path(store_path)
+    st = Store(store_path, create=False)
+    root = Path(root_dir) if root_dir else st.root()
+    if root is None:
+        raise ValueError("root_dir: not given and the store records no run root")
+    version = code_version() if version is None else version
+    owner = owner or new_owner()
+    eng = load_engine(engine)
+    log = log or (lambda msg: print(f"[{owner}] {msg}", file=sys.stderr, flush=True))
+    stats: Counter[str] = Counter()
+    try:
+        while True:
+            c = st.claim(
+                owner,
+                version=version,
+                lease_s=lease_s,
+                max_attempts=max_attempts,
+                sweep=sweep,
+                trunks=share,
+            )
+            if c is None:
+                cnt = st.counts(sweep=sweep, version=version)
+                if not wait or cnt["pending"] + cnt["running"] == 0:
+                    break
+                time.sleep(poll_s)
+                continue
+            cfg = from_dict(RunConfig, c.config)
+            hb = _Heartbeat(store_path, c, lease_s)
+            try:
+                with hb:
+                    if c.kind == "trunk":
+                        _do_trunk(st, eng, c, cfg, root, progress, log, stats)
+                    else:
+                        _do_run(st, eng, c, cfg, root, progress, log, stats, keep_trunks)
+            except KeyboardInterrupt:
+                if hb.lost:
+                    log(f"lost the lease of {c.kind} {c.key} (another worker took it over)")
+                    stats["lost"] += 1
+                    continue
+                st.release(c)
+                log(f"interrupted; gave {c.kind} {c.key} back")
+                raise
+    finally:
+        st.close()
+    return dict(stats)
+
+
+def _do_trunk(st, eng, c, cfg, root, progress, log, stats) -> None:
+    tdir = root / c.trunk_dir
+    try:
+        while True:
+            needed = st.trunk_needed_steps(c.key)
+            if not needed:
+                break
+            s = needed[0]
+            have = st.trunk_ready_steps(c.key)
+            ready = [k for k, p in have.items() if k < s and Path(p).exists()]
+            log(f"trunk {c.key}: training to step {s}")
+            paths = eng.train_trunk(cfg, tdir, sorted(set(ready) | {s}), progress=progress)
+            st.trunk_step_ready(c, s, paths[s])
+            stats["trunk_steps"] += 1
+        st.finish_trunk(c)
+    except KeyboardInterrupt:
+        raise
+    except Exception:  # noqa: BLE001 - recorded; its runs then train alone
+        err = traceback.format_exc()
+        log(f"trunk {c.key} failed; its runs will train alone:\n{err}")
+        st.finish_trunk(c, error=err)
+        stats["trunk_failed"] += 1
+
+
+def _do_run(st, eng, c, cfg, root, progress, log, stats, keep_trunks) -> None:
+    rdir = root / c.run_dir
+    sf = c.start_from if c.start_from and Path(c.start_from).exists() else None
+    if c.start_from and sf is None:
+        log(f"run {c.key}: trunk checkpoint {c.start_from} is gone; training it alone")
+    log(f"run {c.key}: {cfg.size or 'custom'} B={cfg.qat.bits:g} f={cfg.qat.fraction:g} "
+        f"{cfg.qat.schedule} D={cfg.tokens:,} seed={cfg.seed}" + (f" from {sf}" if sf else ""))
+    try:
+        res = eng.execute(cfg, rdir, resume=True, start_from=sf, progress=progress)
+    except KeyboardInterrupt:
+        raise
+    except Exception:  # noqa: BLE001 - recorded with its traceback
+        err = traceback.format_exc()
+        log(f"run {c.key} failed:\n{err}")
+        st.fail(c.key, err)
+        stats["failed"] += 1
+        return
+    status = res.get("status")
+    if status in ("done", "diverged"):
+        st.complete(c.key, res)
+        stats[status] += 1
+    else:
+        st.fail(c.key, f"the engine returned status {status!r}")
+        stats["failed"] += 1
+    if c.trunk and not keep_trunks and st.trunk_finished(c.trunk):
+        for p in st.drop_trunk_steps(c.trunk):
+            Path(p).unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m coqat.sweep.worker",
+        description="One sweep worker: claims trunks and runs from the store until none is left.",
+    )
+    p.add_argument("store", help="results store (SQLite file)")
+    p.add_argument("root", nargs="?", default=None,
+                   help="run root (default: the one recorded in the store)")
+    p.add_argument("--engine", default="coqat.train.run",
+                   help="module with execute/train_trunk ('fake' for a dry run)")
+    p.add_argument("--code-version", default=None, help="claim runs of this code version")
+    p.add_argument("--owner", default=None, help="owner tag (default: a fresh uuid)")
+    p.add_argument("--lease", type=float, default=120.0, help="lease seconds")
+    p.add_argument("--poll", type=float, default=2.0, help="seconds between claims when waiting")
+    p.add_argument("--max-attempts", type=int, default=5, help="attempts before a run fails")
+    p.add_argument("--sweep", default=None, help="only runs of this sweep")
+    p.add_argument("--no-share", action="store_true", help="train every run alone")
+    p.add_argument("--keep-trunks", action="store_true", help="keep trunk checkpoints")
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
+    owner = new_owner(args.owner) if args.owner else None
+    try:
+        stats = work(
+            args.store, args.root, engine=args.engine, version=args.code_version, owner=owner,
+            lease_s=args.lease, poll_s=args.poll, max_attempts=args.max_attempts,
+            sweep=args.sweep, share=not args.no_share, keep_trunks=args.keep_trunks,
+        )
+    except KeyboardInterrupt:
+        return 130
+    print(f"worker {os.getpid()} finished: {stats}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

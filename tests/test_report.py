@@ -1,0 +1,114 @@
+"""Report: measured f*, figures, a self-contained HTML page (from a store or an exported file)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from coqat.sweep.report import build_report, closed_form, measured_fstar, refine_argmin
+from coqat.sweep.spec import expand, spec_from_dict
+from coqat.sweep.store import Store
+
+# a law fitted once on a fake sweep (coqat.law.QATLaw), to avoid a minute of fitting in tests
+LAW_PARAMS = {
+    "E": 1.5214, "A": 26.166, "alpha": 0.27317, "B": 35.335, "beta": 0.26554, "theta": 0.017089,
+    "kappa": 0.0, "phi": 3.3483, "chi": 1.7498, "psi": -0.0063407, "omega": 0.50729,
+    "lambda": 83.801, "mu": 0.0, "nu": 0.54954, "xi": 0.64257, "rho": 0.34744,
+}
+
+
+@pytest.fixture(scope="module")
+def fake_store(tmp_path_factory):
+    from coqat.sweep.worker import work
+
+    d = tmp_path_factory.mktemp("rep")
+    spec = spec_from_dict({
+        "name": "r",
+        "base": {"model": {"seq_len": 64, "vocab_size": 512}, "optim": {"batch_size": 8},
+                 "device": "cpu"},
+        "sizes": ["tiny", "2m"], "s_total": [20, 200], "bits": [2, 4, 16],
+        "fractions": [0, 0.1, 0.25, 0.5, 0.75, 1], "schedules": ["fused", "standard"],
+    })
+    st = Store(d / "s.db")
+    st.register(expand(spec), "r", d / "root", version="v")
+    os.environ["COQAT_FAKE_DELAY"] = "0"
+    try:
+        work(d / "s.db", engine="fake", version="v", poll_s=0.01, log=lambda m: None)
+    finally:
+        del os.environ["COQAT_FAKE_DELAY"]
+    st.close()
+    return d
+
+
+def test_refine_argmin():
+    f = np.array([0.0, 0.1, 0.25, 0.5, 1.0])
+    L = 3.0 + (f - 0.2) ** 2
+    assert refine_argmin(f, L) == pytest.approx(0.2)  # exact for a parabola
+    assert refine_argmin(f, 3.0 + f) == 0.0  # at the end of the grid: the argmin itself
+    assert refine_argmin(f[::-1], (3.0 + (f - 0.2) ** 2)[::-1]) == pytest.approx(0.2)
+
+
+def test_measured_fstar_endpoints_count_for_both_schedules():
+    recs = []
+    for f, s in [(0.0, "standard"), (0.3, "fused"), (0.3, "standard"), (1.0, "standard")]:
+        recs.append({"size": "x", "N": 1e6, "D_total": 1e8, "D_fp": (1 - f) * 1e8,
+                     "D_qat": f * 1e8, "bits": 4.0, "f": f, "loss": 3 + (f - 0.35) ** 2,
+                     "schedule": s, "seed": 0.0, "f_requested": f})
+    fs = {x["schedule"]: x for x in measured_fstar(recs)}
+    assert set(fs) == {"fused", "standard"}
+    assert fs["fused"]["f_star"] == pytest.approx(0.35)
+    assert closed_form(np.e) == 0.0 and 0 < closed_form(100.0) < 1
+
+
+def _check_html(path):
+    html = path.read_text()
+    assert html.startswith("<!DOCTYPE html>")
+    # self-contained: every src is a data URI, no links or external references
+    srcs = re.findall(r"""src=['"]([^'"]*)""", html)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "href=" not in html and "http://" not in html and "https://" not in html
+    assert "<script" not in html
+    return html
+
+
+def test_report_from_store_with_law(fake_store, tmp_path):
+    from coqat.law import QATLaw
+
+    law = QATLaw(params=LAW_PARAMS)
+    d = law.to_json()
+    rng = np.random.default_rng(0)
+    d["bootstrap"] = {
+        "n_boot": 5, "level": 0.9,
+        "samples": [[v * (1 + 0.01 * rng.standard_normal()) for v in LAW_PARAMS.values()]
+                    for _ in range(5)],
+    }
+    (tmp_path / "law.json").write_text(json.dumps(d))
+    out = build_report(tmp_path / "rep", store=fake_store / "s.db", law=tmp_path / "law.json")
+    html = _check_html(out)
+    for name in ("loss_vs_fraction", "fstar_vs_S", "pred_vs_measured", "fusion",
+                 "memory_frontier"):
+        assert (tmp_path / "rep" / f"{name}.png").stat().st_size > 1000
+        assert f"alt='{name}.png'" in html
+    assert html.count("data:image/png;base64,") == 5
+    assert "Measured optimal fraction" in html and "refitted a" in html
+    assert "Fusion vs standard" in html and "QATLaw" in html
+    fstar = json.loads((tmp_path / "rep" / "fstar.json").read_text())["fstar"]
+    # 2 sizes x 2 budgets x 2 quantized widths x 2 schedules
+    assert len(fstar) == 16 and all(0 <= x["f_star"] <= 1 for x in fstar)
+
+
+def test_report_from_exported_file_without_law(fake_store, tmp_path):
+    from coqat.cli import main
+
+    with Store(fake_store / "s.db") as st:
+        st.export(tmp_path / "runs.parquet")
+    rc = main(["report", "--runs", str(tmp_path / "runs.parquet"), "--out", str(tmp_path / "o"),
+               "--law", str(tmp_path / "missing.json")])
+    assert rc == 0
+    html = _check_html(tmp_path / "o" / "report.html")
+    assert html.count("data:image/png;base64,") == 4  # no predicted-vs-measured without a law
+    assert "could not load" in html
