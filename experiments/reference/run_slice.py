@@ -63,6 +63,21 @@ SLICES = {
             {"size": "2m", "bits": 6, "s_total": (20, 80), "fractions": FRACTIONS},
         ],
     },
+    # next session, first call: what s2 did not reach (seeds, the standard schedule, 6 bits),
+    # plus an exact rerun of two s1/s2 points to measure GPU run-to-run nondeterminism
+    "s3": {
+        "lr_sweep": {},
+        "lr": {"2m": 3e-3},
+        "grids": [
+            {"size": "2m", "bits": 4, "s_total": (80,), "fractions": (0.0, 0.2, 0.6, 1.0),
+             "seeds": (0, 1, 2)},
+            {"size": "2m", "bits": 4, "s_total": (80,), "fractions": (0.1, 0.2, 0.4, 0.6),
+             "schedules": ("standard",)},
+            {"size": "2m", "bits": 2, "s_total": (80,), "fractions": (0.1, 0.2, 0.4, 0.6),
+             "schedules": ("standard",)},
+            {"size": "2m", "bits": 6, "s_total": (20, 80), "fractions": FRACTIONS},
+        ],
+    },
     # session 1 (2026-11-29): LR sweeps of the three smallest sizes, then 2m at 4 and 2 bits
     "s1": {
         "lr_sweep": {

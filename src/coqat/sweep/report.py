@@ -323,6 +323,8 @@ def fig_loss_vs_fraction(records, law: LawAdapter | None, fstar: list[dict], out
         N = records_N(g[k])
         for sched, rs in sorted(g[k].items()):
             rs = sorted(rs, key=lambda r: r["f"])
+            if not any(0.0 < r["f"] < 1.0 for r in rs):
+                continue  # only the shared endpoints: no curve of this schedule was run
             ax.plot([r["f"] for r in rs], [r["loss"] for r in rs], "o-", ms=4,
                     color=colors.get(sched, "gray"), label=sched, alpha=0.85)
             fsx = fs_idx.get((size, D, bits, sched))
