@@ -42,8 +42,19 @@ def add_parser(subparsers: Any) -> None:
         help="fit a scaling law to a runs table",
         description="Fit a law to RUNS_FILE (.csv/.parquet/.json/.jsonl).",
     )
-    f.add_argument("runs", metavar="RUNS_FILE")
-    f.add_argument("--law", default="qat", choices=LAW_NAMES)
+    f.add_argument(
+        "runs",
+        metavar="RUNS_FILE",
+        help="runs table with columns N, D_fp, D_qat, bits, loss (optional cluster), e.g. from "
+        "`coqat results export`",
+    )
+    f.add_argument(
+        "--law",
+        default="qat",
+        choices=LAW_NAMES,
+        help="qat = the paper's law; closed-form = f_hat(S) fitted to measured optima; the "
+        "rest are rival laws (default qat)",
+    )
     f.add_argument("--out", required=True, help="output law JSON")
     f.add_argument(
         "--bootstrap",
@@ -61,7 +72,7 @@ def add_parser(subparsers: Any) -> None:
         help="compare all loss laws (in-sample, held-out, AIC/BIC)",
     )
     f.add_argument("--restarts", type=int, default=8, help="random restarts (default 8)")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=int, default=0, help="seed of restarts and bootstrap")
     f.add_argument("--jobs", type=int, default=1, help="processes for the bootstrap")
     f.add_argument(
         "--set-default",
