@@ -1,0 +1,132 @@
+"""Fast checks of experiments/reference/analyze.py: the f* refinement and the self-consistency of
+its summary on the committed session-1 results (no loss-law fits here: those run in the script)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REF = Path(__file__).resolve().parents[1] / "experiments" / "reference"
+
+
+@pytest.fixture(scope="module")
+def an():
+    spec = importlib.util.spec_from_file_location("reference_analyze", REF / "analyze.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def summary(an):
+    return an.analyze(with_laws=False)
+
+
+F = np.array([0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0])
+
+
+def test_analyze_does_not_import_torch():
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('a', {str(REF / 'analyze.py')!r})\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "m.next_session_plan(m.bench_throughput(), 0.5)\n"
+        "m.fstar_table(m.dedupe_grid(m.load_records())[0])\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.parametrize("x0", [0.13, 0.37, 0.5, 0.71])
+def test_parabola_recovers_vertex(an, x0):
+    loss = 2.0 + 3.0 * (F - x0) ** 2
+    r = an.refine_fstar(F, loss)
+    assert r["refined"] and not r["at_endpoint"]
+    assert r["f_refined"] == pytest.approx(x0, abs=1e-9)
+    assert r["loss_refined"] == pytest.approx(2.0, abs=1e-9)
+    i = int(np.argmin(loss))
+    assert r["f_grid"] == F[i]
+    assert r["spacing"] == pytest.approx((F[i + 1] - F[i - 1]) / 2)
+
+
+def test_parabola_vertex_three_points(an):
+    xv, yv, a = an.parabola_vertex([0.2, 0.4, 0.6], [1.3, 1.1, 1.2])
+    assert a > 0 and 0.2 <= xv <= 0.6 and yv <= 1.1
+    # collinear points: no vertex, middle point returned
+    assert an.parabola_vertex([0, 1, 2], [1, 2, 3])[0] == 1.0
+
+
+def test_endpoints_and_order(an):
+    down = 3.0 - F  # minimum at f = 1
+    r = an.refine_fstar(F, down)
+    assert r["at_endpoint"] and r["f_refined"] == 1.0 and not r["refined"]
+    assert r["spacing"] == pytest.approx(0.2)
+    r = an.refine_fstar(F[::-1], (1.0 + F)[::-1])  # unsorted input, minimum at f = 0
+    assert r["f_refined"] == 0.0 and r["at_endpoint"] and r["spacing"] == pytest.approx(0.1)
+
+
+def test_refined_stays_in_bracket_random(an):
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        loss = rng.normal(size=F.size)
+        r = an.refine_fstar(F, loss)
+        i = int(np.argmin(loss))
+        if 0 < i < F.size - 1:
+            assert F[i - 1] <= r["f_refined"] <= F[i + 1]
+            assert r["loss_refined"] <= loss[i] + 1e-12
+
+
+def test_summary_self_consistent(an, summary):
+    rows = summary["fstar"]
+    assert len(rows) == 9  # 2m x {4, 2, 1} bits x S_total {20, 80, 320}
+    for r in rows:
+        assert 0.0 <= r["f_grid"] <= 1.0 and 0.0 <= r["f_refined"] <= 1.0
+        assert abs(r["f_refined"] - r["f_grid"]) <= r["spacing"] + 1e-12
+        assert r["loss_grid"] == min(r["loss"])
+        assert r["regret_baseline"] >= 0 and r["regret_f_hat_paper"] >= -1e-12
+        assert r["f_hat_paper"] == pytest.approx(math.exp(-6.7297 / math.log(r["S_total"])))
+        assert r["loss_ptq"] == r["loss"][0]
+    cf = summary["closed_form"]
+    S = np.array([r["S_total"] for r in rows])
+    fs = np.array([r["f_refined"] for r in rows])
+    fhat = np.exp(-6.7297 / np.log(S))
+    assert cf["all"]["mae_paper"] == pytest.approx(np.mean(np.abs(fhat - fs)))
+    big = S >= 40
+    assert cf["S_ge_40"]["mae_paper"] == pytest.approx(np.mean(np.abs(fhat[big] - fs[big])))
+    for tag in ("all", "S_ge_40"):
+        c = cf[tag]
+        refit = np.exp(-c["a_refit"] / np.log(S if tag == "all" else S[big]))
+        target = fs if tag == "all" else fs[big]
+        assert c["mae_refit_in_sample"] == pytest.approx(np.mean(np.abs(refit - target)))
+        assert c["mae_refit_in_sample"] <= c["mae_paper"] + 1e-9  # the refit minimises the MAE
+    # the re-run 2-bit S=20 grid: the later (s2) records are the ones kept
+    assert summary["n_duplicate_grid_records"] == 2
+    assert all(p["diff"] != 0 for p in summary["replicates"]["grid_pairs"])
+
+
+def test_committed_summary_matches(an, summary):
+    p = REF / "summary.json"
+    if not p.is_file():
+        pytest.skip("summary.json not generated yet (python experiments/reference/analyze.py)")
+    saved = json.loads(p.read_text())
+    for a, b in zip(saved["fstar"], summary["fstar"]):
+        assert a["f_refined"] == pytest.approx(b["f_refined"])
+        assert a["regret_baseline"] == pytest.approx(b["regret_baseline"])
+    for tag in ("all", "S_ge_40"):
+        assert saved["closed_form"][tag]["mae_paper"] == pytest.approx(
+            summary["closed_form"][tag]["mae_paper"]
+        )
+        assert saved["closed_form"][tag]["a_refit"] == pytest.approx(
+            summary["closed_form"][tag]["a_refit"], rel=1e-4
+        )
+    for q in saved.get("qat_law", {}).values():
+        if "error" not in q:
+            assert q["mae"] > 0 and 0 <= q["f_opt_mae"] <= 1
+            assert all(0 <= x["f_law"] <= 1 for x in q["f_opt"])
