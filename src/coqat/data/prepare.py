@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from coqat.config import check, save_json
+from coqat.config import atomic_write_bytes, check, save_json
 from coqat.data import tokenizer as tk
 from coqat.data.manifest import (
     FORMAT_VERSION,
@@ -150,7 +150,7 @@ def prepare(
         check(vocab_size >= tk.MIN_VOCAB, "vocab_size", f"must be >= {tk.MIN_VOCAB}")
         tok = _train(sources, vocab_size, val_fraction, seed, max_docs)
         blob = tk.tokenizer_json_bytes(tok)
-    _atomic_write_bytes(out / TOKENIZER, blob)
+    atomic_write_bytes(out / TOKENIZER, blob)
     vocab = tok.get_vocab_size()
     eot = tk.eot_id(tok)
     dtype = tk.token_dtype(vocab)
@@ -198,15 +198,6 @@ def prepare(
     )
     save_json(manifest, out / MANIFEST)
     return manifest
-
-
-def _atomic_write_bytes(path: Path, blob: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def prepare_timed(*args, **kwargs) -> tuple[Manifest, float]:

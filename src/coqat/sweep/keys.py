@@ -15,27 +15,11 @@ import functools
 import hashlib
 import json
 import os
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 from coqat.config import config_hash, to_dict
-
-
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str:
-    """Short commit of the coqat source tree, or '' outside a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() if out.returncode == 0 else ""
-    except (OSError, subprocess.SubprocessError):
-        return ""
+from coqat.provenance import git_commit
 
 
 def code_version() -> str:

@@ -24,6 +24,7 @@ from coqat.config import atomic_write_text, config_hash, to_dict
 from coqat.errors import CoqatError
 from coqat.model.config import param_counts
 from coqat.model.llama import Llama
+from coqat.provenance import git_commit
 from coqat.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from coqat.train.config import FP_BITS, QATConfig, RunConfig
 from coqat.train.distributed import (
@@ -69,23 +70,6 @@ def resolve_device(cfg: RunConfig) -> torch.device:
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(cfg.device)
-
-
-def git_commit() -> str:
-    """The commit of the coqat source tree, or '' when not in a git checkout."""
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() if out.returncode == 0 else ""
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 def _forward_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
