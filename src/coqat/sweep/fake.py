@@ -61,16 +61,14 @@ def fake_loss(N: float, D_fp: float, D_qat: float, bits: float) -> float:
 def record(cfg, status: str = "done") -> dict[str, Any]:
     """A result record with the fields of :func:`coqat.train.run.execute`'s."""
     from coqat.config import config_hash
-    from coqat.model.config import param_counts
-    from coqat.train.phases import phase_flops, plan_phases
+    from coqat.train.phases import plan_phases, run_accounting
 
     plan = plan_phases(cfg)
-    pc = param_counts(cfg.model)
+    acct = run_accounting(cfg)
     bits = cfg.qat.bits
-    nb = pc.total * bits / 8
-    fl = phase_flops(cfg, plan)
-    loss = fake_loss(pc.total, plan.d_fp, plan.d_qat, bits)
-    loss_fp = fake_loss(pc.total, plan.d_fp, 0, 16.0) if plan.d_fp else float("nan")
+    n = acct["N"]
+    loss = fake_loss(n, plan.d_fp, plan.d_qat, bits)
+    loss_fp = fake_loss(n, plan.d_fp, 0, 16.0) if plan.d_fp else float("nan")
     loss_ptq = loss_fp + 2.0 ** (-bits) * 6 if plan.d_fp and bits < 16 else float("nan")
     if plan.qat_steps == 0 and bits < 16:
         loss = loss_ptq
@@ -79,35 +77,12 @@ def record(cfg, status: str = "done") -> dict[str, Any]:
     if status != "done":
         loss = float("nan")
     delay = float(os.environ.get("COQAT_FAKE_DELAY", "0.05"))
-    embed_bits = None if bits >= 16 else max(bits, 4.0)
     return {
         "status": status,
         "loss": loss,
         "loss_fp": loss_fp,
         "loss_ptq": loss_ptq,
-        "size": cfg.size,
-        "N": pc.total,
-        "N_nonemb": pc.non_embedding,
-        "N_embed": pc.embedding,
-        "N_linear": pc.linear,
-        "bits": bits,
-        "embed_bits": embed_bits,
-        "model_bytes": pc.model_bytes(bits, embed_bits) if bits < 16 else pc.total * 2.0,
-        "D_total": plan.tokens,
-        "D_fp": plan.d_fp,
-        "D_qat": plan.d_qat,
-        "f": plan.fraction,
-        "f_requested": cfg.qat.fraction,
-        "S_total": plan.tokens / nb,
-        "S_fp": plan.d_fp / nb,
-        "S_qat": plan.d_qat / nb,
-        "schedule": plan.schedule,
-        "seed": cfg.seed,
-        "lr": cfg.optim.lr,
-        "steps": plan.steps,
-        "flops_fp": fl["fp"],
-        "flops_qat": fl["qat"],
-        "flops": fl["total"],
+        **acct,
         "wall_fp": delay * (1 - plan.fraction),
         "wall_qat": delay * plan.fraction,
         "tokens_per_s": plan.tokens / max(delay, 1e-9),

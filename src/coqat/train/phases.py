@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from coqat.model.config import flops_per_token
+from coqat.model.config import flops_per_token, param_counts
 from coqat.train.config import RunConfig
 
 
@@ -151,3 +151,48 @@ def phase_flops(cfg: RunConfig, plan: PhasePlan) -> dict[str, float]:
     """Training FLOPs per phase (model FLOPs per token x tokens; 6N + attention)."""
     fpt = flops_per_token(cfg.model)
     return {"fp": fpt * plan.d_fp, "qat": fpt * plan.d_qat, "total": fpt * plan.tokens}
+
+
+def run_accounting(cfg: RunConfig) -> dict:
+    """What a run is, in the numbers the law and the reports use (no training needed): parameter
+    counts, bits, model bytes, exact tokens per phase, f, S = D / (N x B/8) per phase, FLOPs."""
+    plan = plan_phases(cfg)
+    pc = param_counts(cfg.model)
+    bits = cfg.qat.bits
+    if plan.fp_only:
+        embed_bits, model_bytes = None, pc.total * 2.0
+    else:
+        from coqat.quant.config import QuantConfig
+
+        embed_bits = QuantConfig(bits=bits, embed_bits=cfg.qat.embed_bits).resolved_embed_bits
+        model_bytes = pc.model_bytes(bits, embed_bits if embed_bits is not None else 16.0)
+    nb = pc.total * bits / 8
+    flops = phase_flops(cfg, plan)
+    return {
+        "size": cfg.size,
+        "d_model": cfg.model.d_model,
+        "n_layers": cfg.model.n_layers,
+        "N": pc.total,
+        "N_nonemb": pc.non_embedding,
+        "N_embed": pc.embedding,
+        "N_linear": pc.linear,
+        "bits": bits,
+        "embed_bits": embed_bits,
+        "model_bytes": model_bytes,
+        "D_total": plan.tokens,
+        "D_fp": plan.d_fp,
+        "D_qat": plan.d_qat,
+        "f": plan.fraction,
+        "f_requested": cfg.qat.fraction,
+        "S_total": plan.tokens / nb,
+        "S_fp": plan.d_fp / nb,
+        "S_qat": plan.d_qat / nb,
+        "schedule": plan.schedule,
+        "lr": cfg.optim.lr,
+        "seed": cfg.seed,
+        "steps": plan.steps,
+        "tokens_per_step": plan.tokens_per_step,
+        "flops_fp": flops["fp"],
+        "flops_qat": flops["qat"],
+        "flops": flops["total"],
+    }

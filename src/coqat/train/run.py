@@ -22,7 +22,6 @@ import torch
 import coqat
 from coqat.config import atomic_write_text, config_hash, to_dict
 from coqat.errors import CoqatError
-from coqat.model.config import param_counts
 from coqat.model.llama import Llama
 from coqat.provenance import git_commit
 from coqat.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -35,7 +34,7 @@ from coqat.train.distributed import (
     rows_for_rank,
 )
 from coqat.train.metrics import MetricsLog
-from coqat.train.phases import PhasePlan, lr_multiplier, phase_flops, plan_phases
+from coqat.train.phases import PhasePlan, lr_multiplier, plan_phases, run_accounting
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -502,57 +501,22 @@ def execute(
 
 def _result_record(tr: Trainer, status: str, final: float) -> dict[str, Any]:
     cfg, plan = tr.cfg, tr.plan
-    pc = param_counts(cfg.model)
-    q = cfg.qat
-    bits = q.bits
-    fp_only = plan.fp_only
-    if fp_only:
+    if plan.fp_only:
         loss, loss_fp, loss_ptq = final, final, float("nan")
-    elif plan.qat_steps == 0:  # f = 0: FP then PTQ
-        loss_fp = tr.info.get("loss_fp", float("nan"))
-        loss_ptq = tr.info.get("loss_ptq", float("nan"))
-        loss = loss_ptq if status == "done" else float("nan")
     else:
-        loss = final
         loss_fp = tr.info.get("loss_fp", float("nan"))
         loss_ptq = tr.info.get("loss_ptq", float("nan"))
-    nb = pc.total * bits / 8
-    flops = phase_flops(cfg, plan)
-    embed_bits = None if fp_only else tr.quant_config.resolved_embed_bits
+        if plan.qat_steps == 0:  # f = 0: FP then PTQ
+            loss = loss_ptq if status == "done" else float("nan")
+        else:
+            loss = final
     wall_total = tr.wall.get("fp", 0.0) + tr.wall.get("qat", 0.0)
     return {
         "status": status,
         "loss": loss,
         "loss_fp": loss_fp,
         "loss_ptq": loss_ptq,
-        "size": cfg.size,
-        "d_model": cfg.model.d_model,
-        "n_layers": cfg.model.n_layers,
-        "N": pc.total,
-        "N_nonemb": pc.non_embedding,
-        "N_embed": pc.embedding,
-        "N_linear": pc.linear,
-        "bits": bits,
-        "embed_bits": embed_bits,
-        "model_bytes": pc.model_bytes(bits, embed_bits if embed_bits is not None else 16.0)
-        if not fp_only
-        else pc.total * 2.0,
-        "D_total": plan.tokens,
-        "D_fp": plan.d_fp,
-        "D_qat": plan.d_qat,
-        "f": plan.fraction,
-        "f_requested": q.fraction,
-        "S_total": plan.tokens / nb,
-        "S_fp": plan.d_fp / nb,
-        "S_qat": plan.d_qat / nb,
-        "schedule": plan.schedule,
-        "lr": cfg.optim.lr,
-        "seed": cfg.seed,
-        "steps": plan.steps,
-        "tokens_per_step": plan.tokens_per_step,
-        "flops_fp": flops["fp"],
-        "flops_qat": flops["qat"],
-        "flops": flops["total"],
+        **run_accounting(cfg),
         "wall_fp": tr.wall.get("fp", 0.0),
         "wall_qat": tr.wall.get("qat", 0.0),
         "tokens_per_s": plan.tokens / wall_total if wall_total > 0 else float("nan"),
