@@ -83,39 +83,11 @@ def parabola_vertex(x: Any, y: Any) -> tuple[float, float, float]:
 
 
 def refine_fstar(f: Any, loss: Any) -> dict[str, Any]:
-    """Measured optimal fraction: grid argmin, refined by the parabola through the argmin and its
-    two neighbours, clipped to the bracket [f_{i-1}, f_{i+1}]. At an endpoint of the grid (or if
-    the parabola opens downwards) the grid argmin is reported. ``spacing``: half the bracket width
-    (interior) or the distance to the only neighbour (endpoint)."""
-    f = np.asarray(f, float)
-    loss = np.asarray(loss, float)
-    if f.shape != loss.shape or f.size < 1:
-        raise ValueError("need equally long, non-empty f and loss")
-    o = np.argsort(f)
-    f, loss = f[o], loss[o]
-    i = int(np.argmin(loss))
-    out = {
-        "f_grid": float(f[i]),
-        "loss_grid": float(loss[i]),
-        "f_refined": float(f[i]),
-        "loss_refined": float(loss[i]),
-        "at_endpoint": i in (0, f.size - 1),
-        "refined": False,
-    }
-    if f.size == 1:
-        out["spacing"] = float("nan")
-        return out
-    if out["at_endpoint"]:
-        out["spacing"] = float(abs(f[1] - f[0]) if i == 0 else abs(f[-1] - f[-2]))
-        return out
-    lo, hi = f[i - 1], f[i + 1]
-    out["spacing"] = float((hi - lo) / 2)
-    xv, yv, a = parabola_vertex(f[i - 1 : i + 2], loss[i - 1 : i + 2])
-    if a > 0:
-        xv = float(np.clip(xv, lo, hi))
-        pa = np.polyfit(f[i - 1 : i + 2], loss[i - 1 : i + 2], 2)
-        out.update(f_refined=xv, loss_refined=float(np.polyval(pa, xv)), refined=True)
-    return out
+    """Measured optimal fraction (grid argmin refined by the parabola vertex): the one
+    definition in ``coqat.law.optimum`` that the report and the closed-form refit use too."""
+    from coqat.law.optimum import measured_optimum
+
+    return measured_optimum(f, loss)
 
 
 def measured_loss_at(f: Any, loss: Any, x: float) -> float:

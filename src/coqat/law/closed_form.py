@@ -93,6 +93,7 @@ class FractionClosedForm:
         quantized runs with at least ``min_fractions`` distinct fractions (as the paper did)."""
         from coqat import __version__
         from coqat.law.base import make_provenance
+        from coqat.law.optimum import measured_optimum
 
         q = runs.bits < 16
         keys = np.stack([runs.N, np.round(runs.D, -3), runs.bits], axis=1)[q]
@@ -105,7 +106,7 @@ class FractionClosedForm:
             if len(np.unique(f[m])) >= min_fractions:
                 i = np.argmin(L[m])
                 Ss.append(S[m][i])
-                fs.append(f[m][i])
+                fs.append(measured_optimum(f[m], L[m])["f_grid"])
         if not Ss:
             raise ConfigError("runs", f"no (N, D, bits) group with >= {min_fractions} fractions")
         self.fit(np.array(Ss), np.array(fs), loss=loss)

@@ -195,18 +195,10 @@ def groups(records: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
 
 
 def refine_argmin(f: np.ndarray, L: np.ndarray) -> float:
-    """argmin of L over f, refined by the vertex of the parabola through the minimum and its
-    neighbours (when convex; clipped to the neighbours' interval)."""
-    order = np.argsort(f)
-    f, L = np.asarray(f, float)[order], np.asarray(L, float)[order]
-    i = int(np.argmin(L))
-    if i == 0 or i == len(f) - 1:
-        return float(f[i])
-    x, y = f[i - 1 : i + 2], L[i - 1 : i + 2]
-    a, b, _ = np.polyfit(x, y, 2)
-    if a <= 0:
-        return float(f[i])
-    return float(np.clip(-b / (2 * a), x[0], x[2]))
+    """argmin of L over f, refined by the parabola vertex (``coqat.law.optimum``)."""
+    from coqat.law.optimum import measured_optimum
+
+    return measured_optimum(f, L)["f_refined"]
 
 
 def measured_fstar(records: list[dict]) -> list[dict]:
