@@ -32,6 +32,8 @@ def measure(
     warmup: int,
     device: str,
     compile_: str,
+    compile_mode: str = "default",
+    embed_bits: str = "auto",
 ) -> dict:
     import torch
 
@@ -48,9 +50,14 @@ def measure(
             "data": {"path": data},
             "optim": {"batch_size": batch},
             "tokens": batch * seq_len * (steps + warmup + 10),
-            "qat": {"bits": bits, "fraction": 1.0 if bits != 16 else 0.0},
+            "qat": {
+                "bits": bits,
+                "fraction": 1.0 if bits != 16 else 0.0,
+                "embed_bits": embed_bits,
+            },
             "device": device,
             "compile": compile_,
+            "compile_mode": compile_mode,
         },
     )
     tr = Trainer(cfg)
@@ -104,6 +111,16 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--compile", default="auto")
+    ap.add_argument(
+        "--compile-mode",
+        default="default",
+        help="torch.compile mode: default, reduce-overhead (CUDA graphs), ...",
+    )
+    ap.add_argument(
+        "--embed-bits",
+        default="auto",
+        help="QAT bits of the tied embedding: auto = max(B, 4), fp, or a width",
+    )
     ap.add_argument("--peak", type=float, default=790.0, help="peak TFLOP/s for MFU")
     ap.add_argument("--out", help="write results JSON here")
     args = ap.parse_args()
@@ -124,6 +141,8 @@ def main() -> None:
                 args.warmup,
                 args.device,
                 args.compile,
+                args.compile_mode,
+                args.embed_bits,
             )
             r["mfu"] = r["model_tflops"] / args.peak
             rows.append(r)

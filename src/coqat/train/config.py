@@ -152,6 +152,8 @@ class RunConfig:
     checkpoint_every: int = 0  # tokens between checkpoints; 0 = phase ends only
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA, off for CPU
+    # torch.compile mode; "reduce-overhead" adds CUDA graphs (for small, launch-bound models)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA
     divergence_factor: float = 1.5  # diverged if loss > factor * ln(vocab) or NaN/Inf
 

@@ -57,8 +57,13 @@ def quickstart(
     for c in ("run", "val loss", "vs unigram", "S_total", "wall s"):
         t.add_column(c, justify="right" if c != "run" else "left")
     ptq = results[f"FP -> PTQ {bits:g}-bit (f=0)"]
-    t.add_row("FP model (16-bit, before PTQ)", f"{ptq['loss_fp']:.4f}",
-              f"{ptq['loss_fp'] - unigram:+.3f}", "", "")
+    t.add_row(
+        "FP model (16-bit, before PTQ)",
+        f"{ptq['loss_fp']:.4f}",
+        f"{ptq['loss_fp'] - unigram:+.3f}",
+        "",
+        "",
+    )
     for name, r in results.items():
         t.add_row(
             name,

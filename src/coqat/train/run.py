@@ -75,21 +75,20 @@ def _forward_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     return model(x, y)
 
 
-_COMPILED: Any = None
+_COMPILED: dict[str, Any] = {}
 
 
-def compiled_forward_loss():
-    """One compiled function shared by every model and run of this process: models are passed as
-    arguments, so a new run of an already-seen shape reuses the compiled graph."""
-    global _COMPILED
-    if _COMPILED is None:
+def compiled_forward_loss(mode: str = "default"):
+    """One compiled function per compile mode, shared by every model and run of this process:
+    models are passed as arguments, so a new run of an already-seen shape reuses the graph."""
+    if mode not in _COMPILED:
         import torch._dynamo
 
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         if hasattr(torch._dynamo.config, "recompile_limit"):
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _COMPILED = torch.compile(_forward_loss)
-    return _COMPILED
+        _COMPILED[mode] = torch.compile(_forward_loss, mode=mode)
+    return _COMPILED[mode]
 
 
 class Diverged(Exception):
@@ -197,7 +196,7 @@ class Trainer:
             self.optimizer = self._make_optimizer()
 
     def loss_fn(self):
-        return compiled_forward_loss() if self.use_compile else _forward_loss
+        return compiled_forward_loss(self.cfg.compile_mode) if self.use_compile else _forward_loss
 
     def _to_device(self, arr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.from_numpy(arr)
