@@ -14,6 +14,7 @@ import numpy as np
 
 from coqat.config import check
 from coqat.data.manifest import Manifest, load_manifest
+from coqat.data.sources import file_sha256
 from coqat.errors import DataError
 
 Verify = bool | Literal["full", "size"]
@@ -53,7 +54,7 @@ class TokenDataset:
                 f"{self.path}: size {size} bytes does not match the manifest ({info.tokens} "
                 f"{self.dtype.name} tokens = {want} bytes); the file is truncated or stale"
             )
-        if full and _sha256(self.path) != info.sha256:
+        if full and file_sha256(self.path) != info.sha256:
             raise DataError(
                 f"{self.path}: sha256 does not match the manifest; the file was modified"
             )
@@ -93,14 +94,6 @@ class TokenDataset:
         from coqat.data.tokenizer import load_tokenizer
 
         return load_tokenizer(self.dir / self.manifest.tokenizer_file)
-
-
-def _sha256(path: Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
 
 
 class BatchSampler:

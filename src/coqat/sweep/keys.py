@@ -18,8 +18,9 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from coqat.config import config_hash, to_dict
+from coqat.config import config_hash
 from coqat.provenance import git_commit
+from coqat.train.phases import trunk_identity
 
 
 def code_version() -> str:
@@ -64,14 +65,5 @@ def trunk_key(cfg, version: str | None = None, dhash: str | None = None) -> str:
     """Key of the FP trunk of ``cfg`` (see module doc)."""
     version = code_version() if version is None else version
     dhash = data_hash(cfg.data.path) if dhash is None else dhash
-    c = _pathless(cfg)
-    parts = {
-        "model": to_dict(c.model),
-        "data": to_dict(c.data),
-        "optim": to_dict(c.optim),
-        "warmup": c.schedule.warmup,
-        "tokens": c.tokens,
-        "seed": c.seed,
-        "numerics": [c.device, c.compile, c.precision],
-    }
+    parts = trunk_identity(_pathless(cfg))
     return "t" + config_hash(parts, version, dhash, length=15)

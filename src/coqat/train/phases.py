@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from coqat.config import to_dict
 from coqat.model.config import flops_per_token, param_counts
 from coqat.train.config import RunConfig
 
@@ -195,4 +196,18 @@ def run_accounting(cfg: RunConfig) -> dict:
         "flops_fp": flops["fp"],
         "flops_qat": flops["qat"],
         "flops": flops["total"],
+    }
+
+
+def trunk_identity(cfg: RunConfig) -> dict:
+    """What a run's stable-LR FP trunk depends on: runs equal here share their trunk up to their
+    branch steps. Hashed (with the code version and the data hash) into trunk keys."""
+    return {
+        "model": to_dict(cfg.model),
+        "data": to_dict(cfg.data),
+        "optim": to_dict(cfg.optim),
+        "warmup": cfg.schedule.warmup,
+        "tokens": cfg.tokens,
+        "seed": cfg.seed,
+        "numerics": [cfg.device, cfg.compile, cfg.precision],
     }

@@ -34,7 +34,13 @@ from coqat.train.distributed import (
     rows_for_rank,
 )
 from coqat.train.metrics import MetricsLog
-from coqat.train.phases import PhasePlan, lr_multiplier, plan_phases, run_accounting
+from coqat.train.phases import (
+    PhasePlan,
+    lr_multiplier,
+    plan_phases,
+    run_accounting,
+    trunk_identity,
+)
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -51,16 +57,7 @@ def trunk_config(cfg: RunConfig) -> RunConfig:
 
 def trunk_key(cfg: RunConfig, data_hash: str = "") -> str:
     """Runs with equal trunk keys share their FP trunk (up to each run's branch step)."""
-    t = trunk_config(cfg)
-    parts = {
-        "model": to_dict(t.model),
-        "data": to_dict(t.data),
-        "optim": to_dict(t.optim),
-        "warmup": t.schedule.warmup,
-        "tokens": t.tokens,
-        "seed": t.seed,
-    }
-    return config_hash(parts, coqat.__version__, data_hash)
+    return config_hash(trunk_identity(cfg), coqat.__version__, data_hash)
 
 
 def resolve_device(cfg: RunConfig) -> torch.device:
