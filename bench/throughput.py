@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ def measure(
     compile_: str,
     compile_mode: str = "default",
     embed_bits: str = "auto",
+    profile: int = 0,
 ) -> dict:
     import torch
 
@@ -81,6 +81,7 @@ def measure(
     dt = time.perf_counter() - t0
     tokens = steps * batch * seq_len
     fpt = flops_per_token(cfg.model)
+    kernels = profile_kernels(tr, profile) if profile and cuda else None
     return {
         "size": size,
         "bits": bits,
@@ -95,6 +96,35 @@ def measure(
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "model_tflops": fpt * tokens / dt / 1e12,
         "final_loss": float(loss),
+        **({"profile": kernels} if kernels is not None else {}),
+    }
+
+
+def profile_kernels(tr, steps: int, top: int = 12) -> dict:
+    """GPU kernel time per step (torch.profiler over ``steps`` steps): the total, its share of
+    the wall step time (low = launch/CPU-bound), and the ``top`` kernels by time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            tr.train_step()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    rows = []
+    for e in prof.key_averages():
+        if str(getattr(e, "device_type", "")).endswith("CUDA"):
+            t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+            rows.append((t / steps, e.count / steps, e.key))
+    rows.sort(reverse=True)
+    gpu_us = sum(r[0] for r in rows)
+    return {
+        "gpu_ms_per_step": gpu_us / 1000,
+        "wall_ms_per_step_profiled": 1000 * wall / steps,
+        "kernels_per_step": sum(r[1] for r in rows),
+        "top": [{"us": round(t, 1), "calls": c, "kernel": k[:90]} for t, c, k in rows[:top]],
     }
 
 
@@ -121,6 +151,10 @@ def main() -> None:
         default="auto",
         help="QAT bits of the tied embedding: auto = max(B, 4), fp, or a width",
     )
+    ap.add_argument(
+        "--profile", type=int, default=0, metavar="STEPS",
+        help="also profile this many steps: GPU kernel time per step and the top kernels",
+    )
     ap.add_argument("--peak", type=float, default=790.0, help="peak TFLOP/s for MFU")
     ap.add_argument("--out", help="write results JSON here")
     args = ap.parse_args()
@@ -143,6 +177,7 @@ def main() -> None:
                 args.compile,
                 args.compile_mode,
                 args.embed_bits,
+                args.profile,
             )
             r["mfu"] = r["model_tflops"] / args.peak
             rows.append(r)
@@ -151,12 +186,9 @@ def main() -> None:
     for r in rows:
         if r["bits"] != 16 and r["size"] in fp:
             r["qat_step_over_fp"] = r["step_ms"] / fp[r["size"]]
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        commit = ""
+    from coqat.provenance import git_commit
+
+    commit = git_commit()
     out = {
         "provenance": {
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

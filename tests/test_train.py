@@ -194,6 +194,26 @@ def test_branch_equals_independent(tiny_data, tmp_path, schedule):
     assert branched["loss_fp"] == alone["loss_fp"]
 
 
+def test_trunk_resumes_from_other_runs_checkpoint(tiny_data, tmp_path, monkeypatch):
+    """A trunk asked for a step it lacks resumes from the latest earlier checkpoint in its folder
+    (saved for another run's branch), and the branch still equals the independent run."""
+    from coqat.train import run as run_mod
+    from coqat.train.run import execute, train_trunk
+
+    cfg = tiny_run_config(tiny_data, **{"qat.fraction": 0.5})
+    plan = plan_phases(cfg)
+    half = plan.branch_step // 2
+    train_trunk(cfg, tmp_path / "trunk", [half])
+    calls = []
+    step = run_mod.Trainer.train_step
+    monkeypatch.setattr(run_mod.Trainer, "train_step", lambda tr: calls.append(1) or step(tr))
+    ckpts = train_trunk(cfg, tmp_path / "trunk", [plan.branch_step])
+    monkeypatch.undo()
+    assert len(calls) == plan.branch_step - half
+    branched = execute(cfg, tmp_path / "branched", start_from=ckpts[plan.branch_step])
+    assert branched["loss"] == execute(cfg, tmp_path / "alone")["loss"]
+
+
 def test_qat_beats_ptq_at_4_bits(tiny_data, tmp_path):
     from coqat.train.run import execute
 

@@ -19,7 +19,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 # code version that trained each session's results (the device copy has no .git)
-SESSION_VERSION = {"session1": "0.1.0+session1-2026-11-29"}
+SESSION_VERSION = {
+    "session1": "0.1.0+session1-2026-11-29",
+    "session2": "0.1.0+session2-2026-11-29",
+}
 
 
 def configs_and_results(path: Path):
@@ -34,8 +37,10 @@ def configs_and_results(path: Path):
         else:
             over |= {"qat.bits": r["bits"], "qat.fraction": r["f_requested"],
                      "qat.schedule": r["schedule"] if r["schedule"] != "fp" else "fused"}
+        over |= r.get("overrides") or {}
+        base = r["base"] if "base" in r else sl.get("base")
         # the data path does not enter the run key; the manifest next to this file does
-        cfg = run_config(r["size"], r["D_total"], str(HERE), sl.get("base"), **over)
+        cfg = run_config(r["size"], r["D_total"], str(HERE), base, **over)
         assert cfg.tokens == r["D_total"], (cfg.tokens, r["D_total"])
         yield cfg, r
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -63,19 +64,108 @@ SLICES = {
             {"size": "2m", "bits": 6, "s_total": (20, 80), "fractions": FRACTIONS},
         ],
     },
-    # next session, first call: what s2 did not reach (seeds, the standard schedule, 6 bits),
-    # plus an exact rerun of two s1/s2 points to measure GPU run-to-run nondeterminism
-    "s3": {
+    # (session 1's plan for the next session; superseded by s3 below)
+    "s3-draft": {
         "lr_sweep": {},
         "lr": {"2m": 3e-3},
         "grids": [
-            {"size": "2m", "bits": 4, "s_total": (80,), "fractions": (0.0, 0.2, 0.6, 1.0),
-             "seeds": (0, 1, 2)},
-            {"size": "2m", "bits": 4, "s_total": (80,), "fractions": (0.1, 0.2, 0.4, 0.6),
-             "schedules": ("standard",)},
-            {"size": "2m", "bits": 2, "s_total": (80,), "fractions": (0.1, 0.2, 0.4, 0.6),
-             "schedules": ("standard",)},
+            {
+                "size": "2m",
+                "bits": 4,
+                "s_total": (80,),
+                "fractions": (0.0, 0.2, 0.6, 1.0),
+                "seeds": (0, 1, 2),
+            },
+            {
+                "size": "2m",
+                "bits": 4,
+                "s_total": (80,),
+                "fractions": (0.1, 0.2, 0.4, 0.6),
+                "schedules": ("standard",),
+            },
+            {
+                "size": "2m",
+                "bits": 2,
+                "s_total": (80,),
+                "fractions": (0.1, 0.2, 0.4, 0.6),
+                "schedules": ("standard",),
+            },
             {"size": "2m", "bits": 6, "s_total": (20, 80), "fractions": FRACTIONS},
+        ],
+    },
+    # session 2, call 1: LR sweeps down to 3.75e-4 for 4m/7m and of 12m; 2m seeds, the
+    # standard schedule, the cooldown knobs on the GPU and 6 bits; then 4m grids at the swept lr
+    "s3": {
+        "lr_sweep": {
+            "4m": (7.5e-4, 3.75e-4),
+            "7m": (7.5e-4, 3.75e-4),
+            "12m": (1.5e-3, 7.5e-4, 3.75e-4),
+        },
+        "lr_sweep_tokens_per_param": 10,
+        "lr_prior": {  # session 1's sweep at the same 10 tokens per parameter
+            "4m": {1.5e-3: 1.9127, 3e-3: 2.0692, 6e-3: 2.1955},
+            "7m": {1.5e-3: 1.4864, 3e-3: 1.5768, 6e-3: 1.6670},
+        },
+        "lr": {"2m": 3e-3},
+        "grids": [
+            {
+                "size": "2m",
+                "bits": 4,
+                "s_total": (80,),
+                "fractions": (0.0, 0.2, 0.6, 1.0),
+                "seeds": (0, 1, 2),
+            },
+            {
+                "size": "2m",
+                "bits": 4,
+                "s_total": (80,),
+                "fractions": (0.1, 0.2, 0.4, 0.6),
+                "schedules": ("standard",),
+            },
+            {
+                "size": "2m",
+                "bits": 2,
+                "s_total": (80,),
+                "fractions": (0.1, 0.2, 0.4, 0.6),
+                "schedules": ("standard",),
+            },
+            {
+                "size": "2m",
+                "bits": 4,
+                "s_total": (80,),
+                "fractions": (0.2, 0.6),
+                "seeds": (0, 1),
+                "overrides": {"qat.cooldown": 0.1},
+            },
+            {
+                "size": "2m",
+                "bits": 4,
+                "s_total": (80,),
+                "fractions": (0.2, 0.6),
+                "seeds": (0, 1),
+                "overrides": {"qat.cooldown": 0.4},
+            },
+            {
+                "size": "2m",
+                "bits": 4,
+                "s_total": (80,),
+                "fractions": (0.0,),
+                "seeds": (0, 1),
+                "overrides": {"schedule.cooldown": 0.1},
+            },
+            {
+                "size": "2m",
+                "bits": 4,
+                "s_total": (80,),
+                "fractions": (0.0,),
+                "seeds": (0, 1),
+                "overrides": {"schedule.cooldown": 0.4},
+            },
+            {"size": "4m", "bits": 2, "s_total": (80,), "fractions": FRACTIONS},
+            {"size": "4m", "bits": 1, "s_total": (80, 320), "fractions": FRACTIONS},
+            {"size": "4m", "bits": 4, "s_total": (80,), "fractions": FRACTIONS},
+            {"size": "2m", "bits": 6, "s_total": (80,), "fractions": FRACTIONS},
+            {"size": "4m", "bits": 2, "s_total": (320,), "fractions": FRACTIONS},
         ],
     },
     # session 1 (2026-11-29): LR sweeps of the three smallest sizes, then 2m at 4 and 2 bits
@@ -111,123 +201,300 @@ def run_config(size: str, tokens: int, data: str, base: dict | None = None, **ov
     return from_dict(RunConfig, apply_overrides(d, [f"{k}={v}" for k, v in over.items()]))
 
 
+def slice_units(sl: dict) -> list[dict]:
+    """The slice as independent units of work, in priority order: one per LR-sweep point, one
+    per grid cell (size, bits, S_total, seed) with its shared FP trunk."""
+    units = [
+        {"kind": "lr", "size": size, "lr": lr} for size, lrs in sl["lr_sweep"].items() for lr in lrs
+    ]
+    for gi, grid in enumerate(sl["grids"]):
+        units += [
+            {"kind": "grid", "grid": gi, "size": grid["size"], "s_total": s, "seed": seed}
+            for s in grid["s_total"]
+            for seed in grid.get("seeds", (0,))
+        ]
+    for i, u in enumerate(units):
+        u["id"] = i
+    return units
+
+
+# single-process training tokens/s on the H200 (bench/README.md, 4-bit QAT; 4m and 12m
+# interpolated), used only to plan slices (--estimate)
+BENCH_TOKENS_PER_S = {
+    "tiny": 2e7,
+    "2m": 9.4e6,
+    "4m": 7.2e6,
+    "7m": 5.3e6,
+    "12m": 3.6e6,
+    "17m": 2.65e6,
+    "30m": 1.84e6,
+    "50m": 1.2e6,
+    "90m": 6.5e5,
+}
+
+
+def unit_tokens(u: dict, sl: dict, data: str = "/tmp/linux") -> int:
+    """Training tokens of one unit (a grid cell counts its shared trunk once)."""
+    from coqat.train.phases import plan_phases
+
+    if u["kind"] == "lr":
+        return lr_config(u, sl, data).tokens
+    cfgs = grid_configs(u, sl, 1e-3, data)
+    tps = cfgs[0].tokens_per_step
+    branch = [plan_phases(c).branch_step for c in cfgs]
+    return max(branch) * tps + sum(c.tokens - b * tps for c, b in zip(cfgs, branch))
+
+
+def estimate(sl: dict, efficiency: float = 0.5) -> None:
+    """Print each unit's tokens and its device time at ``efficiency`` x the bench throughput."""
+    total = 0.0
+    for u in slice_units(sl):
+        tok = unit_tokens(u, sl)
+        sec = tok / (efficiency * BENCH_TOKENS_PER_S[u["size"]])
+        total += sec
+        desc = {k: v for k, v in u.items() if k not in ("id", "kind")}
+        if u["kind"] == "grid":
+            desc |= {"bits": sl["grids"][u["grid"]]["bits"]}
+        print(f"{u['id']:3d} {u['kind']:4s} {json.dumps(desc):70s} {tok / 1e6:8.1f}M {sec:6.0f} s")
+    print(f"total {total:.0f} s of single-process device time at {efficiency:g} x bench")
+
+
+def read_records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def best_lr(size: str, sl: dict, records: list[dict]) -> float | None:
+    """Lowest final FP loss of the slice's LR sweep of ``size``, merged with ``lr_prior`` (losses
+    of earlier sessions' sweeps at the same tokens per parameter)."""
+    losses = {float(k): v for k, v in sl.get("lr_prior", {}).get(size, {}).items()}
+    for r in records:
+        if r.get("experiment") == "lr_sweep" and r["size"] == size and math.isfinite(r["loss"]):
+            losses[float(r["lr"])] = r["loss"]
+    return min(losses, key=losses.get) if losses else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
     ap.add_argument("--slice", required=True, choices=sorted(SLICES))
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget-s", type=float, default=540, help="stop starting runs after this")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="concurrent worker processes on this GPU (units are claimed dynamically)",
+    )
+    ap.add_argument("--estimate", action="store_true", help="print the units' cost and exit")
+    ap.add_argument(
+        "--done",
+        nargs="*",
+        default=[],
+        help="results.jsonl files of earlier calls: their runs are skipped and their "
+        "LR-sweep losses count",
+    )
+    ap.add_argument(
+        "--eff",
+        type=float,
+        default=0.5,
+        help="assumed fraction of the single-process bench speed per worker: a unit "
+        "or run starts only if it would end within --budget-s at that speed",
+    )
+    ap.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--t-start", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-
-    from coqat.model import param_counts
-    from coqat.train.phases import plan_phases
-    from coqat.train.run import execute, train_trunk, trunk_key
-
-    t_start = time.time()
+    if args.estimate:
+        return estimate(SLICES[args.slice])
+    t_start = args.t_start or time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path("/tmp/coqat-ref") / args.slice
-    sl = SLICES[args.slice]
+    (work / "claims").mkdir(parents=True, exist_ok=True)
+    if args.workers > 1 and args.worker_index is None:
+        import subprocess
+        import sys
+
+        env = os.environ | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 8) // args.workers))}
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    *sys.argv[1:],
+                    "--worker-index",
+                    str(i),
+                    "--t-start",
+                    str(t_start),
+                ],
+                env=env,
+            )
+            for i in range(args.workers)
+        ]
+        codes = [p.wait() for p in procs]
+        print(f"slice done in {time.time() - t_start:.0f} s, worker exit codes {codes}", flush=True)
+        raise SystemExit(max(codes))
+    run_units(args, SLICES[args.slice], out, work, t_start)
+
+
+def run_units(args, sl: dict, out: Path, work: Path, t_start: float) -> None:
+    from coqat.config import config_hash
+
+    worker = args.worker_index or 0
+    results = out / "results.jsonl"
+    prior = [r for path in args.done for r in read_records(Path(path))]
+    done_hashes = {r["config_hash"] for r in prior if r.get("status") == "done"}
 
     def record(kind: str, res: dict, **extra) -> None:
-        res = res | {"experiment": kind, "slice": args.slice} | extra
-        with open(out / "results.jsonl", "a") as f:
+        res = res | {"experiment": kind, "slice": args.slice, "worker": worker}
+        res |= {"t_end": time.time() - t_start} | extra
+        with open(results, "a") as f:  # one O_APPEND write per line: safe across workers
             f.write(json.dumps(res) + "\n")
+        keys = ("experiment", "size", "bits", "lr", "D_total", "f", "loss", "loss_fp", "loss_ptq")
         print(
-            json.dumps(
-                {
-                    k: res.get(k)
-                    for k in (
-                        "experiment",
-                        "size",
-                        "bits",
-                        "lr",
-                        "D_total",
-                        "f",
-                        "loss",
-                        "loss_fp",
-                        "loss_ptq",
-                        "wall_fp",
-                        "wall_qat",
-                    )
-                }
-            ),
+            json.dumps({"w": worker, "t": round(res["t_end"])} | {k: res.get(k) for k in keys}),
             flush=True,
         )
 
-    def time_left() -> bool:
-        return time.time() - t_start < args.budget_s
+    def fits(tokens: int, size: str) -> bool:
+        """Whether ``tokens`` of ``size`` would end before the budget, at the assumed speed."""
+        eta = tokens / (args.eff * BENCH_TOKENS_PER_S[size])
+        return time.time() - t_start + eta <= args.budget_s
 
-    best_lr = dict(sl.get("lr", {}))
-    for size, lrs in sl["lr_sweep"].items():
-        n = None
-        losses = {}
-        for lr in lrs:
-            if not time_left():
-                break
-            cfg0 = run_config(size, 10**12, args.data, sl.get("base"))
-            n = param_counts(cfg0.model).total
-            tokens = int(sl["lr_sweep_tokens_per_param"] * n)
-            cfg = run_config(
-                size, tokens, args.data, sl.get("base"), **{"optim.lr": lr, "qat.bits": 16}
-            )
-            res = execute(cfg, work / f"lr-{size}-{lr:g}")
-            losses[lr] = res["loss"]
-            record("lr_sweep", res)
-        finite = {k: v for k, v in losses.items() if math.isfinite(v)}
-        if finite:
-            best_lr[size] = min(finite, key=finite.get)
-    print("best lr", best_lr, flush=True)
+    def claim(name: str) -> bool:
+        try:
+            os.close(os.open(work / "claims" / name, os.O_CREAT | os.O_EXCL))
+            return True
+        except FileExistsError:
+            return False
 
-    for grid in sl["grids"]:
-        size, bits = grid["size"], grid["bits"]
-        lr = best_lr.get(size, BASE["optim"]["lr"])
-        cfg0 = run_config(size, 10**12, args.data, sl.get("base"))
-        nbytes = param_counts(cfg0.model).total * bits / 8
-        for s_total in grid["s_total"]:
-            if not time_left():
-                break
-            tps = cfg0.tokens_per_step
-            tokens = max(1, round(s_total * nbytes / tps)) * tps
-            for seed in grid.get("seeds", (0,)):
-                cfgs = [
-                    run_config(
-                        size,
-                        tokens,
-                        args.data,
-                        sl.get("base"),
-                        **{
-                            "optim.lr": lr,
-                            "qat.bits": bits,
-                            "qat.fraction": f,
-                            "qat.schedule": sched,
-                            "seed": seed,
-                        },
-                    )
-                    for sched in grid.get("schedules", ("fused",))
-                    for f in grid["fractions"]
-                    if not (sched == "standard" and f in (0.0, 1.0))
-                ]
-                branch = sorted({plan_phases(c).branch_step for c in cfgs} - {0})
-                tdir = work / f"trunk-{trunk_key(cfgs[0])}"
-                t0 = time.time()
-                ckpts = train_trunk(cfgs[0], tdir, branch)
-                trunk_s = time.time() - t0
-                for c in cfgs:
-                    if not time_left():
-                        break
-                    b = plan_phases(c).branch_step
-                    name = f"{size}-b{bits}-S{s_total}-f{c.qat.fraction:g}-{c.qat.schedule}-s{seed}"
-                    res = execute(c, work / name, start_from=ckpts.get(b))
-                    record(
-                        "grid",
-                        res,
-                        s_target=s_total,
-                        trunk_s=trunk_s,
-                        trunk=trunk_key(c),
-                        branch_step=b,
-                    )
-    print(f"slice done in {time.time() - t_start:.0f} s", flush=True)
+    units = slice_units(sl)
+    fixed_lr = dict(sl.get("lr", {}))
+    for u in units:
+        if u["kind"] == "lr":
+            todo = [c for c in [lr_config(u, sl, args.data)] if config_hash(c) not in done_hashes]
+        else:  # the lr is final here unless this slice's own sweep is still running
+            lr = fixed_lr.get(u["size"]) or best_lr(u["size"], sl, prior) or BASE["optim"]["lr"]
+            todo = [
+                c for c in grid_configs(u, sl, lr, args.data) if config_hash(c) not in done_hashes
+            ]
+        if not todo:
+            (work / "claims" / f"done-{u['id']}").touch()
+            continue
+        if not fits(unit_tokens(u, sl, args.data), u["size"]) or not claim(f"unit-{u['id']}"):
+            continue
+        try:
+            if u["kind"] == "lr":
+                record("lr_sweep", execute_run(todo[0], work / f"lr-{u['size']}-{u['lr']:g}"))
+                continue
+            size = u["size"]
+            lr = fixed_lr.get(size)
+            if lr is None:  # wait for this slice's LR sweep of the size
+                mine = [v for v in units if v["kind"] == "lr" and v["size"] == size]
+                while time.time() - t_start < args.budget_s and not all(
+                    (work / "claims" / f"done-{v['id']}").exists() for v in mine
+                ):
+                    time.sleep(5)
+                lr = best_lr(size, sl, prior + read_records(results)) or BASE["optim"]["lr"]
+            cfgs = [
+                c for c in grid_configs(u, sl, lr, args.data) if config_hash(c) not in done_hashes
+            ]
+            run_grid_cell(u, sl, cfgs, work, record, fits, claim)
+        finally:
+            (work / "claims" / f"done-{u['id']}").touch()
+    print(f"worker {worker} done at {time.time() - t_start:.0f} s", flush=True)
+
+
+def execute_run(cfg, run_dir: Path) -> dict:
+    from coqat.train.run import execute
+
+    return execute(cfg, run_dir)
+
+
+def lr_config(u: dict, sl: dict, data: str):
+    from coqat.model import param_counts
+
+    size, lr = u["size"], u["lr"]
+    n = param_counts(run_config(size, 10**12, data, sl.get("base")).model).total
+    tokens = int(sl["lr_sweep_tokens_per_param"] * n)
+    return run_config(size, tokens, data, sl.get("base"), **{"optim.lr": lr, "qat.bits": 16})
+
+
+def grid_configs(u: dict, sl: dict, lr: float, data: str) -> list:
+    """The RunConfigs of one grid cell: every (schedule, fraction) at its S_total and seed."""
+    from coqat.model import param_counts
+
+    grid = sl["grids"][u["grid"]]
+    bits = grid["bits"]
+    base = _merge(sl.get("base", {}), grid.get("base", {}))
+    cfg0 = run_config(grid["size"], 10**12, data, base)
+    nbytes = param_counts(cfg0.model).total * bits / 8
+    tps = cfg0.tokens_per_step
+    tokens = max(1, round(u["s_total"] * nbytes / tps)) * tps
+    over = dict(grid.get("overrides", {}))
+    return [
+        run_config(
+            grid["size"],
+            tokens,
+            data,
+            base,
+            **(
+                {
+                    "optim.lr": lr,
+                    "qat.bits": bits,
+                    "qat.fraction": f,
+                    "qat.schedule": sched,
+                    "seed": u["seed"],
+                }
+                | over
+            ),
+        )
+        for sched in grid.get("schedules", ("fused",))
+        for f in grid["fractions"]
+        if not (sched == "standard" and f in (0.0, 1.0))
+    ]
+
+
+def run_grid_cell(u: dict, sl: dict, cfgs: list, work: Path, record, fits, claim) -> None:
+    """Train the cell's FP trunk (once per trunk key, under a lock) and branch every run."""
+    from coqat.train.phases import plan_phases
+    from coqat.train.run import execute, train_trunk, trunk_key
+
+    if not cfgs:
+        return
+    grid = sl["grids"][u["grid"]]
+    size, bits, s_total, seed = grid["size"], grid["bits"], u["s_total"], u["seed"]
+    over = dict(grid.get("overrides", {}))
+    base = _merge(sl.get("base", {}), grid.get("base", {}))
+    tps = cfgs[0].tokens_per_step
+    branch = sorted({plan_phases(c).branch_step for c in cfgs} - {0})
+    key = trunk_key(cfgs[0])
+    t0 = time.time()
+    while not claim(f"trunk-{key}.lock"):  # one trunk key is trained by one worker at a time
+        time.sleep(2)
+    try:
+        ckpts = train_trunk(cfgs[0], work / f"trunk-{key}", branch)
+    finally:
+        (work / "claims" / f"trunk-{key}.lock").unlink()
+    trunk_s = time.time() - t0
+    for c in cfgs:
+        b = plan_phases(c).branch_step
+        if not fits(c.tokens - b * tps, size):
+            continue
+        name = f"{size}-b{bits}-S{s_total}-f{c.qat.fraction:g}-{c.qat.schedule}-s{seed}"
+        name += "".join(f"-{k}{v}" for k, v in over.items())
+        res = execute(c, work / name, start_from=ckpts.get(b))
+        record(
+            "grid",
+            res,
+            s_target=s_total,
+            trunk_s=trunk_s,
+            trunk=key,
+            branch_step=b,
+            base=base or None,
+            overrides=over or None,
+        )
 
 
 if __name__ == "__main__":

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 from pathlib import Path
 
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """Short commit of the coqat source tree, or '' outside a git checkout."""
+    """Short commit of the coqat source tree; ``$COQAT_COMMIT`` where there is no git checkout
+    (e.g. a copied working tree on a remote machine), else ''."""
+    env = os.environ.get("COQAT_COMMIT", "").strip()
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"],
@@ -18,6 +21,6 @@ def git_commit() -> str:
             text=True,
             timeout=5,
         )
-        return out.stdout.strip() if out.returncode == 0 else ""
+        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else env
     except (OSError, subprocess.SubprocessError):
-        return ""
+        return env

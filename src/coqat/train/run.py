@@ -539,7 +539,8 @@ def train_trunk(
 ) -> dict[int, Path]:
     """Train the stable-LR FP trunk of ``cfg`` and save a checkpoint at every branch step.
 
-    Idempotent: existing checkpoints are kept and training resumes from the latest one.
+    Idempotent: existing checkpoints are kept, and training resumes from the latest checkpoint
+    in ``trunk_dir`` before the first missing step (also one saved for another run's branches).
     """
     trunk_dir = Path(trunk_dir)
     trunk_dir.mkdir(parents=True, exist_ok=True)
@@ -552,9 +553,10 @@ def train_trunk(
     tr = Trainer(tcfg, progress=progress)
     if tr.dist.main:
         atomic_write_text(trunk_dir / "config.json", json.dumps(to_dict(tcfg), indent=2) + "\n")
-    done = [s for s in steps if paths[s].exists() and s < todo[0]]
+    saved = {int(p.stem.split("_")[1]): p for p in trunk_dir.glob("step_*.pt")}
+    done = sorted(s for s in saved if s < todo[0])
     if done:
-        tr.load_state_dict(load_checkpoint(paths[done[-1]]))
+        tr.load_state_dict(load_checkpoint(saved[done[-1]]))
     barrier(tr.dist)
     log = (
         MetricsLog(trunk_dir / "metrics.jsonl", resume_step=tr.step) if tr.dist.main else NullLog()
