@@ -64,6 +64,49 @@ SLICES = {
             {"size": "2m", "bits": 6, "s_total": (20, 80), "fractions": FRACTIONS},
         ],
     },
+    # session 2, call 2: what call 1 (s3) did not reach, largest units first so that they start
+    # at once on the concurrent workers (4m at the lr of the 4m sweep, 1.5e-3)
+    "s3b": {
+        "lr_sweep": {},
+        "lr": {"2m": 3e-3, "4m": 1.5e-3},
+        "grids": [
+            {"size": "4m", "bits": 4, "s_total": (80,), "fractions": FRACTIONS},
+            {"size": "4m", "bits": 1, "s_total": (320, 80), "fractions": FRACTIONS},
+            {"size": "4m", "bits": 2, "s_total": (80,), "fractions": FRACTIONS},
+            {
+                "size": "2m",
+                "bits": 2,
+                "s_total": (80,),
+                "fractions": (0.1, 0.2, 0.4, 0.6),
+                "schedules": ("standard",),
+            },
+            {
+                "size": "2m",
+                "bits": 4,
+                "s_total": (80,),
+                "fractions": (0.0,),
+                "seeds": (0, 1),
+                "overrides": {"schedule.cooldown": 0.1},
+            },
+            {
+                "size": "2m",
+                "bits": 4,
+                "s_total": (80,),
+                "fractions": (0.0,),
+                "seeds": (0, 1),
+                "overrides": {"schedule.cooldown": 0.4},
+            },
+            {
+                "size": "2m",
+                "bits": 4,
+                "s_total": (80,),
+                "fractions": (0.2, 0.6),
+                "seeds": (1,),
+                "overrides": {"qat.cooldown": 0.4},
+            },
+            {"size": "2m", "bits": 6, "s_total": (80,), "fractions": FRACTIONS},
+        ],
+    },
     # (session 1's plan for the next session; superseded by s3 below)
     "s3-draft": {
         "lr_sweep": {},

@@ -10,9 +10,11 @@ from pathlib import Path
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """Short commit of the coqat source tree; ``$COQAT_COMMIT`` where there is no git checkout
-    (e.g. a copied working tree on a remote machine), else ''."""
+    """Short commit of the coqat source tree, or ``$COQAT_COMMIT`` when set (a working tree
+    copied to a remote machine has no .git, or a stale one); '' when neither is known."""
     env = os.environ.get("COQAT_COMMIT", "").strip()
+    if env:  # set explicitly: wins over a (possibly stale) .git copied along with the tree
+        return env
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"],
@@ -21,6 +23,6 @@ def git_commit() -> str:
             text=True,
             timeout=5,
         )
-        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else env
+        return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
-        return env
+        return ""
