@@ -107,6 +107,27 @@ SLICES = {
             {"size": "2m", "bits": 6, "s_total": (80,), "fractions": FRACTIONS},
         ],
     },
+    # session 2, call 3: first 7m grids (lr 1.5e-3 from the 7m sweep), 6 bits at 2m, a
+    # CUDA-graph (compile_mode=reduce-overhead) replicate of two s3 runs, 12m at lr 3e-3
+    "s4": {
+        "lr_sweep": {"12m": (3e-3,)},
+        "lr_sweep_tokens_per_param": 10,
+        "lr": {"2m": 3e-3, "7m": 1.5e-3},
+        "grids": [
+            {"size": "7m", "bits": 2, "s_total": (80,), "fractions": FRACTIONS},
+            {"size": "7m", "bits": 1, "s_total": (80,), "fractions": FRACTIONS},
+            {"size": "2m", "bits": 6, "s_total": (80,), "fractions": FRACTIONS},
+            {"size": "7m", "bits": 4, "s_total": (20,), "fractions": FRACTIONS},
+            {
+                "size": "2m",
+                "bits": 4,
+                "s_total": (80,),
+                "fractions": (0.2, 0.6),
+                "seeds": (1,),
+                "overrides": {"compile_mode": "reduce-overhead"},
+            },
+        ],
+    },
     # (session 1's plan for the next session; superseded by s3 below)
     "s3-draft": {
         "lr_sweep": {},
