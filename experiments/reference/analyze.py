@@ -2,8 +2,8 @@
 
     python experiments/reference/analyze.py
 
-Reads ``results/session*.jsonl`` (+ the ``.log`` files for slice wall times) and
-``bench/results/throughput-h200-*.json``; writes ``summary.json`` and ``figures/*.png`` next to this
+Reads every ``results/session*.jsonl`` (+ the ``.log`` files for slice wall times) and
+``bench/results/*.json``; writes ``summary.json`` and ``figures/*.png`` next to this
 file and prints the tables. Pure numpy/scipy/matplotlib (never imports torch). The functions are
 importable (tests use them); the work runs under ``if __name__ == "__main__":``.
 """
@@ -25,18 +25,19 @@ RESULTS = HERE / "results"
 FIGURES = HERE / "figures"
 SUMMARY = HERE / "summary.json"
 THROUGHPUT = ROOT / "bench" / "results" / "throughput-h200-2026-11-29.json"
-SESSION_FILES = ("session1-s1.jsonl", "session1-s2.jsonl")
+THROUGHPUT_2 = ROOT / "bench" / "results"  # session 2: bench-2m-*.json, bench-4m-*.json
 CORPUS_TRAIN_TOKENS = 114_219_898  # experiments/reference/manifest.json, splits.train.tokens
 PEAK_TFLOPS = 790.0
 STEP_STARVED_S = 40.0  # S_total below this: <= 290 optimizer steps at 65,536 tokens/step
 BASELINE_F = 0.1  # the "10% rule"
+MIN_GRID_POINTS = 6  # fractions a group needs to enter the f* table
 HOLDOUT_S = "S_total>=300 & bits<16"  # within-size extrapolation: fit S <= 80, predict S = 320
 
 
 # ---- loading ------------------------------------------------------------------------------------
 def load_records(paths: list[Path] | None = None) -> list[dict[str, Any]]:
     """All records, in file order, tagged with ``_file`` and ``_order`` (global index)."""
-    paths = paths or [RESULTS / f for f in SESSION_FILES]
+    paths = paths or sorted(RESULTS.glob("session*.jsonl"))
     out = []
     for p in paths:
         for line in Path(p).read_text().splitlines():
@@ -48,25 +49,62 @@ def load_records(paths: list[Path] | None = None) -> list[dict[str, Any]]:
     return out
 
 
+def overrides_key(r: dict[str, Any]) -> str:
+    """The knob overrides of a run (``{}`` for the default schedule knobs), as a sortable key."""
+    return json.dumps(r.get("overrides") or {}, sort_keys=True)
+
+
 def grid_key(r: dict[str, Any]) -> tuple:
-    return (r["size"], float(r["bits"]), int(r["D_total"]), r["schedule"], int(r["seed"]))
+    return (
+        r["size"],
+        float(r["bits"]),
+        int(r["D_total"]),
+        r["schedule"],
+        int(r["seed"]),
+        overrides_key(r),
+    )
 
 
 def dedupe_grid(records: list[dict[str, Any]]) -> tuple[list[dict], list[tuple[dict, dict]]]:
-    """Grid runs with one record per (size, bits, D_total, schedule, seed, f): the later record
-    wins (session 1's s2 call re-ran the 2-bit S=20 grid that s1 cut short after two fractions).
-    Returns (kept, replicate pairs (earlier, later))."""
-    last: dict[tuple, dict] = {}
-    pairs = []
-    for r in records:
-        if r["experiment"] != "grid":
-            continue
+    """Grid runs with one record per (size, bits, D_total, schedule, seed, overrides, f).
+
+    A configuration that ran more than once (a call cut short and re-run; a session-2 repeat of a
+    session-1 point) keeps the record of the file holding the most runs of its group, i.e. the
+    complete grid (ties: the later file); the other records become replicate pairs (earlier,
+    later), which measure run-to-run nondeterminism. Returns (kept, pairs)."""
+    grid = [r for r in records if r["experiment"] == "grid"]
+    count: dict[tuple, int] = defaultdict(int)
+    last_order: dict[tuple, int] = {}
+    for r in grid:
+        count[(grid_key(r), r["_file"])] += 1
+        last_order[(grid_key(r), r["_file"])] = r["_order"]
+    best: dict[tuple, str] = {}
+    for (k, f), n in count.items():
+        cur = best.get(k)
+        if cur is None or (n, last_order[(k, f)]) > (count[(k, cur)], last_order[(k, cur)]):
+            best[k] = f
+    kept: dict[tuple, dict] = {}
+    others: list[dict] = []
+    for r in grid:
         k = grid_key(r) + (round(float(r["f"]), 4),)
-        if k in last:
-            pairs.append((last[k], r))
-        last[k] = r
-    kept = sorted(last.values(), key=lambda r: r["_order"])
-    return kept, pairs
+        if r["_file"] == best[grid_key(r)]:
+            if k in kept:
+                others.append(kept[k])
+            kept[k] = r
+        else:
+            others.append(r)
+    pairs = []
+    for o in others:
+        k = grid_key(o) + (round(float(o["f"]), 4),)
+        if k in kept:
+            a, b = sorted((o, kept[k]), key=lambda r: r["_order"])
+            pairs.append((a, b))
+    return sorted(kept.values(), key=lambda r: r["_order"]), pairs
+
+
+def main_grid(grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The fused-schedule runs at the default knobs (what the f* table and the laws use)."""
+    return [r for r in grid if r["schedule"] == "fused" and overrides_key(r) == "{}"]
 
 
 # ---- the measured optimum -----------------------------------------------------------------------
@@ -114,14 +152,18 @@ def mae(a: Any, b: Any) -> float:
 
 
 def fstar_table(grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (size, D_total, bits, schedule, seed) group of grid runs."""
+    """One row per (size, bits, D_total, seed) group of fused default-knob grid runs with at least
+    MIN_GRID_POINTS fractions."""
     from coqat.law import PAPER_A
 
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in grid:
+    for r in main_grid(grid):
         groups[grid_key(r)].append(r)
     rows = []
-    for k in sorted(groups, key=lambda k: (k[0], -k[1], k[2], k[3], k[4])):
+    order = sorted(groups, key=lambda k: (groups[k][0]["N"], -k[1], k[2], k[3], k[4]))
+    for k in order:
+        if len(groups[k]) < MIN_GRID_POINTS:  # seed replicates at a few fractions: see noise()
+            continue
         rs = sorted(groups[k], key=lambda r: r["f"])
         f = np.array([r["f"] for r in rs])
         L = np.array([r["loss"] for r in rs])
@@ -188,21 +230,159 @@ def closed_form_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def growth_by_bits(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per bit width: f* (refined) ordered by S_total, and whether it is non-decreasing in S
-    over all S and over S >= 40 (tolerance 0.02)."""
+    """Per (size, bit width): f* (refined) ordered by S_total, and whether it is non-decreasing in
+    S over all S and over S >= 40 (tolerance 0.02). Only pairs with at least two S values."""
     out = {}
-    for b in sorted({r["bits"] for r in rows}, reverse=True):
-        rs = sorted((r for r in rows if r["bits"] == b), key=lambda r: r["S_total"])
+    for size, b in sorted({(r["size"], r["bits"]) for r in rows}, key=lambda x: (x[0], -x[1])):
+        rs = sorted((r for r in rows if (r["size"], r["bits"]) == (size, b)),
+                    key=lambda r: r["S_total"])
+        if len(rs) < 2:
+            continue
         S = [r["S_total"] for r in rs]
         fs = [r["f_refined"] for r in rs]
         nd = lambda v: bool(all(y >= x - 0.02 for x, y in zip(v, v[1:])))  # noqa: E731
         big = [f for s, f in zip(S, fs) if s >= STEP_STARVED_S]
-        out[f"{b:g}"] = {
+        out[f"{size}/{b:g}"] = {
+            "size": size,
+            "bits": b,
             "S_total": S,
             "f_refined": fs,
             "grows_all_S": nd(fs),
-            "grows_S_ge_40": nd(big),
+            "grows_S_ge_40": nd(big) if len(big) > 1 else None,
         }
+    return out
+
+
+def fstar_across_sizes(rows: list[dict[str, Any]], s_target: float = 80) -> dict[str, Any]:
+    """f* at one S_total across model sizes, per bit width: the closed form says f* depends on
+    S_total only, so at fixed S it should not move with N."""
+    out = {}
+    for b in sorted({r["bits"] for r in rows}, reverse=True):
+        rs = sorted(
+            (r for r in rows if r["bits"] == b and r.get("s_target") == s_target),
+            key=lambda r: r["N"],
+        )
+        if len(rs) >= 2:
+            out[f"{b:g}"] = [
+                {"size": r["size"], "N": r["N"], "S_total": r["S_total"], "steps": r["steps"],
+                 "f_refined": r["f_refined"], "spacing": r["spacing"], "loss": r["loss_grid"]}
+                for r in rs
+            ]
+    return out
+
+
+# ---- session 2: seeds, schedules, knobs ----------------------------------------------------------
+def seed_noise(grid: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run-to-run noise across seeds: for every (size, bits, D, f) of the fused default grid with
+    >= 2 seeds (seed 0 taken from the same session as the other seeds where it was repeated), the
+    losses, their standard deviation, and the argmin f of each seed."""
+    base = [r for r in main_grid(grid)]
+    by_cell: dict[tuple, dict[int, dict]] = defaultdict(dict)
+    for r in base:
+        by_cell[(r["size"], r["bits"], r["D_total"], round(r["f"], 4))][int(r["seed"])] = r
+    return _seed_rows(by_cell)
+
+
+def _seed_rows(by_cell: dict[tuple, dict[int, dict]]) -> dict[str, Any]:
+    rows = []
+    for (size, b, D, f), seeds in sorted(by_cell.items()):
+        if len(seeds) < 2:
+            continue
+        L = [seeds[k]["loss"] for k in sorted(seeds)]
+        rows.append({"size": size, "bits": b, "D_total": D, "f": f, "seeds": sorted(seeds),
+                     "loss": L, "sd": float(np.std(L, ddof=1)), "range": max(L) - min(L)})
+    sds = [r["sd"] for r in rows]
+    return {"rows": rows, "mean_sd": float(np.mean(sds)) if sds else None,
+            "pooled_sd": float(np.sqrt(np.mean(np.square(sds)))) if sds else None}
+
+
+def seed_replicate_grid(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The seed study of session 2 (2m, 4-bit, S=80, f = 0, 0.2, 0.6, 1, seeds 0-2, all from the
+    same call), with the argmin f of each seed; seed 0's session-1 grid is the f* table's."""
+    cells: dict[tuple, dict[int, dict]] = defaultdict(dict)
+    for r in records:
+        if (r["experiment"] == "grid" and r["_file"].startswith("session2")
+                and r["schedule"] == "fused" and overrides_key(r) == "{}"
+                and r["size"] == "2m" and r["bits"] == 4.0):
+            cells[(r["size"], r["bits"], r["D_total"], round(r["f"], 4))][int(r["seed"])] = r
+    out = _seed_rows(cells)
+    argmin = {}
+    for seed in (0, 1, 2):
+        pts = sorted((k[3], v[seed]["loss"]) for k, v in cells.items() if seed in v)
+        if pts:
+            argmin[seed] = min(pts, key=lambda x: x[1])[0]
+    out["argmin_f_by_seed"] = argmin
+    return out
+
+
+def schedule_comparison(grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fused vs standard at equal total tokens (same size, bits, D, seed, f): loss difference
+    (standard - fused; > 0: fusion helps), FLOPs (equal by construction) and the FP cooldown the
+    standard run spends before QAT."""
+    fused = {(r["size"], r["bits"], r["D_total"], r["seed"], round(r["f"], 2)): r
+             for r in main_grid(grid)}
+    out = []
+    for r in grid:
+        if r["schedule"] != "standard" or overrides_key(r) != "{}":
+            continue
+        k = (r["size"], r["bits"], r["D_total"], r["seed"], round(r["f"], 2))
+        fu = fused.get(k)
+        if fu is None:
+            continue
+        out.append({
+            "size": r["size"], "bits": r["bits"], "D_total": r["D_total"], "S_total": r["S_total"],
+            "f": r["f"], "loss_standard": r["loss"], "loss_fused": fu["loss"],
+            "diff_standard_minus_fused": r["loss"] - fu["loss"],
+            "loss_fp_standard": r["loss_fp"], "loss_fp_fused": fu["loss_fp"],
+            "flops_standard": r["flops"], "flops_fused": fu["flops"],
+            "same_session": r["_file"].split("-")[0] == fu["_file"].split("-")[0],
+        })
+    return out
+
+
+def knob_comparison(grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Paired knob effects on the H200 (2m, 4-bit, S=80): each override run against the default
+    run of the same seed and f from the same session; loss = quantized loss (f = 0: PTQ), with the
+    FP model's loss for schedule.cooldown."""
+    default: dict[tuple, dict] = {}
+    for r in main_grid(grid):
+        default[(r["size"], r["bits"], r["D_total"], r["seed"], round(r["f"], 2))] = r
+    # prefer the session-2 default runs (same code and session as the knob runs)
+    s2 = {}
+    for r in main_grid(grid):
+        if r["_file"].startswith("session2"):
+            s2[(r["size"], r["bits"], r["D_total"], r["seed"], round(r["f"], 2))] = r
+    out = []
+    for r in grid:
+        ov = r.get("overrides") or {}
+        if not ov or r["schedule"] != "fused":
+            continue
+        k = (r["size"], r["bits"], r["D_total"], r["seed"], round(r["f"], 2))
+        d = s2.get(k) or default.get(k)
+        if d is None:
+            continue
+        (knob, value), = ov.items()
+        out.append({
+            "knob": knob, "value": value, "seed": r["seed"], "f": r["f"],
+            "loss": r["loss"], "loss_default": d["loss"], "diff": r["loss"] - d["loss"],
+            "loss_fp": r["loss_fp"], "loss_fp_default": d["loss_fp"],
+            "diff_fp": r["loss_fp"] - d["loss_fp"],
+            "default_from": d["_file"],
+        })
+    return out
+
+
+def knob_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for knob, value in sorted({(r["knob"], r["value"]) for r in rows}):
+        rs = [r for r in rows if (r["knob"], r["value"]) == (knob, value)]
+        d = np.array([r["diff"] for r in rs])
+        dfp = np.array([r["diff_fp"] for r in rs])
+        out.append({
+            "knob": knob, "value": value, "n": len(rs), "mean_diff": float(d.mean()),
+            "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None,
+            "mean_diff_fp": float(dfp.mean()) if knob == "schedule.cooldown" else None,
+        })
     return out
 
 
@@ -292,33 +472,27 @@ def _at_bounds(law) -> list[str]:
 
 
 def fit_qat_laws(grid: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """QATLaw fits (full, one-size constrained; all S and S >= 40), each with in-sample errors and
-    its continuous optimal fraction per measured group vs the measured f*."""
+    """QATLaw fits on the fused default-knob runs of every size (all S; S >= 40), each with its
+    in-sample errors and its continuous optimal fraction per measured group vs the measured f*."""
     from coqat.law import QATLaw, fit_law
     from coqat.plan import optimal_fraction
 
     out = {}
-    variants = [
-        ("full_all_S", QATLaw, 0.0),
-        ("one_size_all_S", one_size_qat_law, 0.0),
-        ("one_size_S_ge_40", one_size_qat_law, STEP_STARVED_S),
-    ]
-    for name, make, min_S in variants:
-        runs = law_runs(grid, min_S)
+    for name, min_S in (("full_all_S", 0.0), ("full_S_ge_40", STEP_STARVED_S)):
+        runs = law_runs(main_grid(grid), min_S)
         rec: dict[str, Any] = {"min_S": min_S, "n_runs_table": len(runs)}
         try:
-            law = fit_law(make(), runs, seed=0)
+            law = fit_law(QATLaw(), runs, seed=0)
         except Exception as e:  # report a failed fit instead of hiding it
             rec["error"] = f"{type(e).__name__}: {e}"
             out[name] = rec
             continue
         fr = law.fit_report_
-        free = sum(1 for s in law._spec if s[2] != s[3])
         rec.update(
             converged=bool(law.converged),
             n_fit=fr["n"],
             n_excluded_ptq=fr["n_excluded_ptq"],
-            k_free=free,
+            k_free=sum(1 for s in law._spec if s[2] != s[3]),
             mae=fr["mae"],
             mean_rel_err=fr["mean_rel_err"],
             max_rel_err=fr["max_rel_err"],
@@ -333,6 +507,7 @@ def fit_qat_laws(grid: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict
             o = optimal_fraction(law, r["N"], r["D_total"], r["bits"], level=None)
             fo.append(
                 {
+                    "size": r["size"],
                     "bits": r["bits"],
                     "S_total": r["S_total"],
                     "f_law": o["f_opt"],
@@ -346,9 +521,8 @@ def fit_qat_laws(grid: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict
         rec["f_opt"] = fo
         rec["f_opt_mae"] = mae([x["f_law"] for x in fo], [x["f_measured"] for x in fo])
         rec["mean_regret_measured"] = float(np.mean([x["regret_measured"] for x in fo]))
-        # predicted loss curves for the figure
         rec["curves"] = {
-            f"{r['bits']:g}/{r['D_total']}": law.loss_at_fraction(
+            f"{r['size']}/{r['bits']:g}/{r['D_total']}": law.loss_at_fraction(
                 r["N"], r["D_total"], r["bits"], np.linspace(0, 1, 51)
             ).tolist()
             for r in rows
@@ -358,185 +532,148 @@ def fit_qat_laws(grid: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict
     return out
 
 
+HOLDOUT_RULES = {
+    "largest_N": "largest-N",  # 7m held out: fit 2m + 4m
+    "within_S": HOLDOUT_S,  # fit S <= 80 (+ FP baselines), predict the quantized S = 320 runs
+}
+
+
 def compare_laws(grid: list[dict[str, Any]]) -> dict[str, Any]:
-    """The four loss laws on the same runs (PTQ runs dropped, since QATLaw does not fit them):
-    in-sample errors and a within-size extrapolation in S (rule HOLDOUT_S: fit S <= 80 plus all
-    FP baselines, predict the 18 quantized S = 320 runs)."""
+    """The four loss laws on the same fused default-knob runs (PTQ runs dropped, since QATLaw
+    does not fit them): in-sample errors, and held-out errors under each rule of HOLDOUT_RULES."""
     from coqat.law import ChenQATLaw, KumarPrecisionLaw, PerBitChinchilla, QATLaw, compare
 
-    runs = law_runs(grid)
+    runs = law_runs(main_grid(grid))
     runs = runs.filter(~((runs.bits < 16) & (runs.D_qat <= 0)))
-    try:
-        rows = compare(
-            runs,
-            [QATLaw, PerBitChinchilla, ChenQATLaw, KumarPrecisionLaw],
-            rule=HOLDOUT_S,
-            seed=0,
-        )
-    except Exception as e:
-        return {"error": f"{type(e).__name__}: {e}"}
-    return {"n_runs": len(runs), "rule": HOLDOUT_S, "rows": rows}
+    out: dict[str, Any] = {"n_runs": len(runs)}
+    for tag, rule in HOLDOUT_RULES.items():
+        try:
+            rows = compare(
+                runs, [QATLaw, PerBitChinchilla, ChenQATLaw, KumarPrecisionLaw], rule=rule, seed=0
+            )
+            out[tag] = {"rule": rule, "rows": rows}
+        except Exception as e:
+            out[tag] = {"rule": rule, "error": f"{type(e).__name__}: {e}"}
+    return out
 
 
-# ---- noise from incidental replicates ------------------------------------------------------------
+# ---- noise from replicates -----------------------------------------------------------------------
 def replicates(records: list[dict[str, Any]], pairs: list[tuple[dict, dict]]) -> dict[str, Any]:
-    """Identical configurations that ran twice (no seeds were run on purpose):
-    * grid runs re-run by the s2 call (same trunk, same seed);
+    """Identical configurations that ran twice:
+    * grid runs re-run by a later call (same trunk, same seed; session 2 repeated four session-1
+      points on purpose);
     * the FP model at f = 0 of trunks shared across bit widths (the trunk key ignores bits; each
       call retrains its trunks), plus the 2m lr-sweep run at lr 3e-3 (same FP config, 19.0M tok).
     """
     grid_pairs = [
         {
+            "size": a["size"],
             "bits": a["bits"],
             "D_total": a["D_total"],
+            "steps": a["steps"],
             "f": a["f"],
+            "files": [a["_file"], b["_file"]],
             "loss": [a["loss"], b["loss"]],
             "diff": b["loss"] - a["loss"],
         }
         for a, b in pairs
     ]
-    fp: dict[int, list[float]] = defaultdict(list)
+    fp: dict[tuple, list[float]] = defaultdict(list)
     for r in records:
-        if r["experiment"] == "grid" and r["D_qat"] == 0:
-            fp[int(r["D_total"])].append(float(r["loss_fp"]))
+        if (r["experiment"] == "grid" and r["D_qat"] == 0 and overrides_key(r) == "{}"
+                and r["schedule"] == "fused"):
+            fp[(r["size"], int(r["D_total"]), int(r["seed"]))].append(float(r["loss_fp"]))
         if r["experiment"] == "lr_sweep" and r["size"] == "2m" and np.isclose(r["lr"], 3e-3):
-            fp[int(r["D_total"])].append(float(r["loss"]))
+            fp[(r["size"], int(r["D_total"]), 0)].append(float(r["loss"]))
     fp_rows = [
         {
-            "D_total": D,
-            "steps": D // 65536,
+            "size": k[0],
+            "D_total": k[1],
+            "seed": k[2],
+            "steps": k[1] // 65536,
             "loss_fp": v,
             "range": max(v) - min(v),
             "sd": float(np.std(v, ddof=1)),
         }
-        for D, v in sorted(fp.items())
+        for k, v in sorted(fp.items())
         if len(v) > 1
     ]
     return {"grid_pairs": grid_pairs, "fp_replicates": fp_rows}
 
 
 # ---- GPU time and throughput --------------------------------------------------------------------
-def slice_walls(paths: list[Path] | None = None) -> dict[str, float]:
+def slice_logs(paths: list[Path] | None = None) -> dict[str, dict[str, Any]]:
+    """Per slice log: its wall time and how many worker processes shared the GPU."""
     paths = paths or sorted(RESULTS.glob("session*.log"))
     out = {}
     for p in paths:
-        m = re.search(r"slice done in (\d+) s", Path(p).read_text())
+        text = Path(p).read_text()
+        m = re.search(r"slice done in (\d+) s", text)
         if m:
-            out[Path(p).stem] = float(m.group(1))
+            codes = re.search(r"worker exit codes \[([^\]]*)\]", text)
+            out[Path(p).stem] = {
+                "wall_s": float(m.group(1)),
+                "workers": len(codes.group(1).split(",")) if codes else 1,
+                "worker_exit_codes": [int(c) for c in codes.group(1).split(",")] if codes else [0],
+            }
     return out
 
 
-def gpu_time(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Device seconds by category from the per-run wall times (private part of each run) and the
-    trunk times (one per (file, trunk)); throughput of the private parts of the branched runs."""
-    per_file: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    seen_trunks = set()
-    thr: dict[str, list[float]] = defaultdict(list)
-    first: dict[tuple, bool] = {}
+def single_process_speed(bench: list[dict[str, Any]]) -> dict[str, float]:
+    """Bench tokens/s per size (4-bit QAT rows; FP where no 4-bit row), for the efficiency ratio."""
+    out: dict[str, float] = {}
+    for r in sorted(bench, key=lambda r: r["bits"] != 4.0):
+        out.setdefault(r["size"], r["tokens_per_s"])
+    return out
+
+
+def gpu_time(records: list[dict[str, Any]], bench: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per slice: wall time, runs, tokens trained (private parts of the runs plus each FP trunk
+    once, to its latest branch) and the single-process-equivalent time of those tokens at the
+    benchmarked speed of their size (sizes without a bench row: interpolated in log N);
+    efficiency = equivalent time / slice wall (compilation, evaluation, idle tails included)."""
+    speed = single_process_speed(bench)
+    known = sorted((r["params"], speed[r["size"]]) for r in bench if r["size"] in speed)
+    lnN = np.log([k[0] for k in known])
+    lnv = np.log([k[1] for k in known])
+
+    def tps(r: dict[str, Any]) -> float:
+        return speed.get(r["size"]) or float(np.exp(np.interp(np.log(r["N"]), lnN, lnv)))
+
+    logs = slice_logs()
+    per: dict[str, dict[str, Any]] = {}
+    trunks: dict[tuple, tuple[int, dict]] = {}
     for r in records:
-        pf = per_file[r["_file"]]
-        w = float(r["wall_fp"]) + float(r["wall_qat"])
-        pf[r["experiment"] + "_runs_s"] += w
+        stem = r["_file"].replace(".jsonl", "")
+        d = per.setdefault(stem, {"runs": 0, "tokens": 0.0, "equiv_s": 0.0})
+        d["runs"] += 1
+        b = int(r.get("branch_step") or 0)
+        priv = (int(r["steps"]) - b) * int(r["tokens_per_step"])
+        d["tokens"] += priv
+        d["equiv_s"] += priv / tps(r)
         if r["experiment"] == "grid":
-            tk = (r["_file"], r["trunk"])
-            if tk not in seen_trunks:
-                seen_trunks.add(tk)
-                pf["trunk_s"] += float(r["trunk_s"])
-            # first QAT run of each (file, bits) carries torch.compile: excluded from throughput
-            key = (r["_file"], r["bits"], r["D_qat"] > 0)
-            is_first = key not in first
-            first[key] = True
-            priv = (int(r["steps"]) - int(r["branch_step"])) * int(r["tokens_per_step"])
-            if not is_first and w > 0 and r["D_total"] >= 75e6:
-                thr["qat" if r["D_qat"] > 0 else "fp_cooldown_ptq"].append(priv / w)
-    walls = slice_walls()
-    rows = {}
-    for f, d in per_file.items():
-        stem = f.replace(".jsonl", "")
-        acc = d["lr_sweep_runs_s"] + d["grid_runs_s"] + d["trunk_s"]
-        rows[stem] = {
-            "lr_sweep_runs_s": d["lr_sweep_runs_s"],
-            "grid_runs_s": d["grid_runs_s"],
-            "trunk_s": d["trunk_s"],
-            "accounted_s": acc,
-            "slice_wall_s": walls.get(stem),
-            "overhead_s": (walls[stem] - acc) if stem in walls else None,
-        }
-    # FP trunk throughput of the large trunks (tokens up to the latest branch step)
-    trunk_thr = []
-    for r in records:
-        if r["experiment"] == "grid" and r["D_total"] >= 75e6 and r["D_qat"] == 0:
-            # trunk trained to the largest branch step of its grid (f = 0.1 branch)
-            same = [x for x in records if x.get("trunk") == r["trunk"] and x["_file"] == r["_file"]]
-            b = max(int(x["branch_step"]) for x in same)
-            trunk_thr.append(b * int(r["tokens_per_step"]) / float(r["trunk_s"]))
-    total = sum(v["slice_wall_s"] or v["accounted_s"] for v in rows.values())
-    return {
-        "per_slice": rows,
-        "total_slice_wall_s": total,
-        "n_runs": len(records),
-        "tokens_per_s_qat_private": float(np.median(thr["qat"])) if thr["qat"] else None,
-        "tokens_per_s_fp_trunk": float(np.median(trunk_thr)) if trunk_thr else None,
-        "n_qat_throughput_runs": len(thr["qat"]),
-    }
+            k = (stem, r["trunk"])
+            trunks[k] = max(trunks.get(k, (0, r)), (b * int(r["tokens_per_step"]), r),
+                            key=lambda x: x[0])
+    for (stem, _), (tok, r) in trunks.items():
+        per[stem]["tokens"] += tok
+        per[stem]["equiv_s"] += tok / tps(r)
+    for stem, d in per.items():
+        lg = logs.get(stem, {})
+        d |= {"wall_s": lg.get("wall_s"), "workers": lg.get("workers"),
+              "worker_exit_codes": lg.get("worker_exit_codes")}
+        d["tokens_per_s"] = d["tokens"] / d["wall_s"] if d["wall_s"] else None
+        d["efficiency_vs_bench"] = d["equiv_s"] / d["wall_s"] if d["wall_s"] else None
+    walls = [d["wall_s"] for d in per.values() if d["wall_s"]]
+    return {"per_slice": per, "total_slice_wall_s": float(sum(walls)), "n_runs": len(records)}
 
 
-def compile_overhead(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """torch.compile (and first-use) time: the first run of each (file, experiment, size, bits,
-    FP-or-QAT) minus what its private tokens would take at the median tokens/s of the other runs of
-    the same (file, experiment, size, bits, D_total, FP-or-QAT) family. Heuristic."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in records:
-        groups[(r["_file"], r["experiment"], r["size"], r["bits"], r["D_qat"] > 0)].append(r)
-    items = []
-    for k, rs in groups.items():
-        first = rs[0]
-        fam = [
-            x
-            for x in rs[1:]
-            if x["D_total"] == first["D_total"] and float(x["wall_fp"]) + float(x["wall_qat"]) > 0
-        ]
-
-        def priv(x):
-            return (int(x["steps"]) - int(x.get("branch_step") or 0)) * int(x["tokens_per_step"])
-
-        if not fam:  # fall back on the same family in another file
-            fam = [
-                x
-                for kk, xs in groups.items()
-                if kk[1:] == k[1:] and kk[0] != k[0]
-                for x in xs[1:]
-                if x["D_total"] == first["D_total"]
-            ]
-        if not fam:
-            continue
-        tps = float(
-            np.median([priv(x) / (float(x["wall_fp"]) + float(x["wall_qat"])) for x in fam])
-        )
-        w = float(first["wall_fp"]) + float(first["wall_qat"])
-        extra = w - priv(first) / tps
-        items.append({"group": [str(v) for v in k], "wall_s": w, "extra_s": extra})
-    # the first FP trunk of each file (FP model compile), at the median large-trunk throughput
-    rate = gpu_time(records)["tokens_per_s_fp_trunk"]
-    seen = set()
-    for r in records:
-        if r["experiment"] != "grid" or r["_file"] in seen:
-            continue
-        seen.add(r["_file"])
-        same = [x for x in records if x.get("trunk") == r["trunk"] and x["_file"] == r["_file"]]
-        tok = max(int(x["branch_step"]) for x in same) * int(r["tokens_per_step"])
-        items.append(
-            {
-                "group": [r["_file"], "trunk", r["size"], str(r["bits"]), "False"],
-                "wall_s": float(r["trunk_s"]),
-                "extra_s": float(r["trunk_s"]) - tok / rate,
-            }
-        )
-    return {"items": items, "total_s": float(sum(max(i["extra_s"], 0.0) for i in items))}
+BENCH_FILES = (THROUGHPUT, THROUGHPUT_2 / "bench-4m-default.json")
 
 
-def bench_throughput(path: Path = THROUGHPUT) -> list[dict[str, Any]]:
-    d = json.loads(Path(path).read_text())
+def bench_throughput(paths: tuple[Path, ...] = BENCH_FILES) -> list[dict[str, Any]]:
+    """Single-process H200 bench rows (default compile mode) of sessions 1 and 2."""
+    rows = [r for p in paths for r in json.loads(Path(p).read_text())["rows"]]
     return [
         {
             "size": r["size"],
@@ -548,7 +685,7 @@ def bench_throughput(path: Path = THROUGHPUT) -> list[dict[str, Any]]:
             "warmup_s": r["warmup_s"],
             "peak_mem_gib": r["peak_mem_gib"],
         }
-        for r in d["rows"]
+        for r in rows
     ]
 
 
@@ -558,7 +695,8 @@ def next_session_plan(
     """Device-time estimate per (size, bits, S_total) grid of 7 fused fractions: tokens =
     ``fractions_tokens`` x D (the trunk to the f = 0.1 branch, 0.9 D, plus the private parts:
     0.2 D cooldown for f = 0 and f x D for each other f: 3.3 D), at the benchmarked 4-bit QAT
-    throughput (batch 256) times ``efficiency`` (measured / benchmark at 2m in session 1).
+    throughput (batch 256) times ``efficiency`` (slice tokens / bench-equivalent time, measured
+    with 4 concurrent workers in session 2).
     Untested sizes: tokens/s = MFU x 790 TFLOP/s / FLOPs-per-token, MFU interpolated in log N."""
     from coqat.model.config import flops_per_token, ladder, param_counts
 
@@ -566,12 +704,13 @@ def next_session_plan(
     lnN = np.log([r["params"] for r in b4])
     mfu = np.array([r["mfu"] for r in b4])
     out = []
-    plan = [
-        ("4m", (4, 2, 1), (20, 80, 320)),
-        ("7m", (4, 2, 1), (20, 80, 320)),
+    plan = [  # what the law still lacks after session 2, in order of value
+        ("4m", (4, 2), (320,)),
+        ("7m", (4,), (80,)),
+        ("7m", (2, 1), (320,)),
         ("12m", (4, 2, 1), (20, 80)),
         ("17m", (4, 2), (20, 80)),
-        ("30m", (4, 2), (20, 80)),
+        ("30m", (4, 2), (20,)),
         ("90m", (4,), (20,)),
     ]
     for size, bits_list, S_list in plan:
@@ -722,8 +861,10 @@ def analyze(with_laws: bool = True) -> dict[str, Any]:
     records = load_records()
     grid, pairs = dedupe_grid(records)
     rows = fstar_table(grid)
+    bench = bench_throughput()
+    big = [r for r in rows if r["S_total"] >= STEP_STARVED_S]
     summary: dict[str, Any] = {
-        "inputs": list(SESSION_FILES),
+        "inputs": sorted({r["_file"] for r in records}),
         "n_records": len(records),
         "n_grid_runs_used": len(grid),
         "n_duplicate_grid_records": len(pairs),
@@ -731,22 +872,23 @@ def analyze(with_laws: bool = True) -> dict[str, Any]:
         "fstar": rows,
         "closed_form": closed_form_summary(rows),
         "growth": growth_by_bits(rows),
+        "fstar_across_sizes": fstar_across_sizes(rows),
         "mean_regret_baseline": float(np.mean([r["regret_baseline"] for r in rows])),
-        "mean_regret_baseline_S_ge_40": float(
-            np.mean([r["regret_baseline"] for r in rows if r["S_total"] >= STEP_STARVED_S])
-        ),
-        "mean_regret_f_hat_paper_S_ge_40": float(
-            np.mean([r["regret_f_hat_paper"] for r in rows if r["S_total"] >= STEP_STARVED_S])
-        ),
+        "mean_regret_baseline_S_ge_40": float(np.mean([r["regret_baseline"] for r in big])),
+        "mean_regret_f_hat_paper_S_ge_40": float(np.mean([r["regret_f_hat_paper"] for r in big])),
         "replicates": replicates(records, pairs),
-        "gpu_time": gpu_time(records),
-        "compile_overhead": compile_overhead(records),
-        "bench": bench_throughput(),
+        "seeds": seed_replicate_grid(records),
+        "schedules": schedule_comparison(grid),
+        "knobs": knob_comparison(grid),
+        "gpu_time": gpu_time(records, bench),
+        "bench": bench,
     }
-    bench2 = [r for r in summary["bench"] if r["size"] == "2m" and r["bits"] == 4.0][0]
-    eff = summary["gpu_time"]["tokens_per_s_qat_private"] / bench2["tokens_per_s"]
-    summary["efficiency_vs_bench_2m"] = eff
-    summary["next_plan"] = next_session_plan(summary["bench"], eff)
+    summary["knob_summary"] = knob_summary(summary["knobs"])
+    conc = [d for d in summary["gpu_time"]["per_slice"].values()
+            if (d["workers"] or 1) > 1 and d["efficiency_vs_bench"]]
+    eff = float(np.mean([d["efficiency_vs_bench"] for d in conc])) if conc else 0.5
+    summary["efficiency_concurrent"] = eff
+    summary["next_plan"] = next_session_plan(bench, eff)
     summary["next_plan_by_size"] = plan_by_size(summary["next_plan"])
     if with_laws:
         summary["qat_law"] = fit_qat_laws(grid, rows)

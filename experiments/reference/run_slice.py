@@ -128,6 +128,22 @@ SLICES = {
             },
         ],
     },
+    # session 2, call 4 (the last ~2 min of device time): is the short QAT cooldown what costs
+    # small fractions? f = 0.2 with the whole QAT phase as the decay, seeds 0 and 1
+    "s5": {
+        "lr_sweep": {},
+        "lr": {"2m": 3e-3},
+        "grids": [
+            {
+                "size": "2m",
+                "bits": 4,
+                "s_total": (80,),
+                "fractions": (0.2,),
+                "seeds": (0, 1),
+                "overrides": {"qat.cooldown": 1.0},
+            },
+        ],
+    },
     # (session 1's plan for the next session; superseded by s3 below)
     "s3-draft": {
         "lr_sweep": {},
