@@ -83,9 +83,60 @@ def test_refined_stays_in_bracket_random(an):
             assert r["loss_refined"] <= loss[i] + 1e-12
 
 
+def _raw_full_grids() -> set[tuple]:
+    """(size, bits, D_total, seed) of fused default-knob groups with >= 6 fractions, read
+    straight from the committed result files (independently of analyze.py)."""
+    fr: dict[tuple, set] = {}
+    for p in sorted((REF / "results").glob("session*.jsonl")):
+        for line in p.read_text().splitlines():
+            r = json.loads(line)
+            if r["experiment"] == "grid" and r["schedule"] == "fused" and not r.get("overrides"):
+                k = (r["size"], float(r["bits"]), int(r["D_total"]), int(r["seed"]))
+                fr.setdefault(k, set()).add(round(r["f"], 3))
+    return {k for k, v in fr.items() if len(v) >= 6}
+
+
+def test_dedupe_keeps_complete_grid_and_fills_gaps(an):
+    def rec(file, order, f, loss, **kw):
+        return {
+            "experiment": "grid",
+            "size": "2m",
+            "bits": 4.0,
+            "D_total": 100,
+            "schedule": "fused",
+            "seed": 0,
+            "f": f,
+            "loss": loss,
+            "_file": file,
+            "_order": order,
+            **kw,
+        }
+
+    records = [
+        rec("a.jsonl", 0, 0.0, 1.0),
+        rec("a.jsonl", 1, 0.1, 2.0),  # cut short
+        rec("b.jsonl", 2, 0.0, 1.1),
+        rec("b.jsonl", 3, 0.2, 1.2),
+        rec("b.jsonl", 4, 0.4, 1.3),
+        rec("b.jsonl", 5, 0.2, 9.0, overrides={"qat.cooldown": 0.4}),  # another group
+    ]
+    kept, pairs = an.dedupe_grid(records)
+    got = {(r["_file"], r["f"], r["loss"]) for r in kept}
+    # b is the complete grid; a's f = 0.1 fills a gap; a's f = 0 is a replicate of b's
+    assert got == {
+        ("b.jsonl", 0.0, 1.1),
+        ("a.jsonl", 0.1, 2.0),
+        ("b.jsonl", 0.2, 1.2),
+        ("b.jsonl", 0.4, 1.3),
+        ("b.jsonl", 0.2, 9.0),
+    }
+    assert [(a["_file"], b["_file"]) for a, b in pairs] == [("a.jsonl", "b.jsonl")]
+    assert len(an.main_grid(kept)) == 4
+
+
 def test_summary_self_consistent(an, summary):
     rows = summary["fstar"]
-    assert len(rows) == 9  # 2m x {4, 2, 1} bits x S_total {20, 80, 320}
+    assert {(r["size"], r["bits"], r["D_total"], r["seed"]) for r in rows} == _raw_full_grids()
     for r in rows:
         assert 0.0 <= r["f_grid"] <= 1.0 and 0.0 <= r["f_refined"] <= 1.0
         assert abs(r["f_refined"] - r["f_grid"]) <= r["spacing"] + 1e-12
@@ -106,9 +157,18 @@ def test_summary_self_consistent(an, summary):
         target = fs if tag == "all" else fs[big]
         assert c["mae_refit_in_sample"] == pytest.approx(np.mean(np.abs(refit - target)))
         assert c["mae_refit_in_sample"] <= c["mae_paper"] + 1e-9  # the refit minimises the MAE
-    # the re-run 2-bit S=20 grid: the later (s2) records are the ones kept
-    assert summary["n_duplicate_grid_records"] == 2
-    assert all(p["diff"] != 0 for p in summary["replicates"]["grid_pairs"])
+    # replicates: session 1's re-run 2-bit S=20 grid, session 2's repeats of session-1 points
+    pairs = summary["replicates"]["grid_pairs"]
+    assert summary["n_duplicate_grid_records"] == len(pairs) >= 2
+    assert all(p["diff"] != 0 for p in pairs)
+    # knob and schedule comparisons pair runs of equal size, bits, D, seed and f
+    for k in summary["knobs"]:
+        assert k["diff"] == pytest.approx(k["loss"] - k["loss_default"])
+    for r in summary["schedules"]:
+        assert r["flops_standard"] == r["flops_fused"]
+    seeds = summary["seeds"]
+    for r in seeds["rows"]:
+        assert r["sd"] == pytest.approx(np.std(r["loss"], ddof=1))
 
 
 def test_committed_summary_matches(an, summary):

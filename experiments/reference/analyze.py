@@ -94,11 +94,13 @@ def dedupe_grid(records: list[dict[str, Any]]) -> tuple[list[dict], list[tuple[d
         else:
             others.append(r)
     pairs = []
-    for o in others:
+    for o in others:  # a fraction the complete grid lacks is kept; a repeat becomes a pair
         k = grid_key(o) + (round(float(o["f"]), 4),)
         if k in kept:
             a, b = sorted((o, kept[k]), key=lambda r: r["_order"])
             pairs.append((a, b))
+        else:
+            kept[k] = o
     return sorted(kept.values(), key=lambda r: r["_order"]), pairs
 
 
@@ -234,8 +236,9 @@ def growth_by_bits(rows: list[dict[str, Any]]) -> dict[str, Any]:
     S over all S and over S >= 40 (tolerance 0.02). Only pairs with at least two S values."""
     out = {}
     for size, b in sorted({(r["size"], r["bits"]) for r in rows}, key=lambda x: (x[0], -x[1])):
-        rs = sorted((r for r in rows if (r["size"], r["bits"]) == (size, b)),
-                    key=lambda r: r["S_total"])
+        rs = sorted(
+            (r for r in rows if (r["size"], r["bits"]) == (size, b)), key=lambda r: r["S_total"]
+        )
         if len(rs) < 2:
             continue
         S = [r["S_total"] for r in rs]
@@ -264,8 +267,15 @@ def fstar_across_sizes(rows: list[dict[str, Any]], s_target: float = 80) -> dict
         )
         if len(rs) >= 2:
             out[f"{b:g}"] = [
-                {"size": r["size"], "N": r["N"], "S_total": r["S_total"], "steps": r["steps"],
-                 "f_refined": r["f_refined"], "spacing": r["spacing"], "loss": r["loss_grid"]}
+                {
+                    "size": r["size"],
+                    "N": r["N"],
+                    "S_total": r["S_total"],
+                    "steps": r["steps"],
+                    "f_refined": r["f_refined"],
+                    "spacing": r["spacing"],
+                    "loss": r["loss_grid"],
+                }
                 for r in rs
             ]
     return out
@@ -289,11 +299,24 @@ def _seed_rows(by_cell: dict[tuple, dict[int, dict]]) -> dict[str, Any]:
         if len(seeds) < 2:
             continue
         L = [seeds[k]["loss"] for k in sorted(seeds)]
-        rows.append({"size": size, "bits": b, "D_total": D, "f": f, "seeds": sorted(seeds),
-                     "loss": L, "sd": float(np.std(L, ddof=1)), "range": max(L) - min(L)})
+        rows.append(
+            {
+                "size": size,
+                "bits": b,
+                "D_total": D,
+                "f": f,
+                "seeds": sorted(seeds),
+                "loss": L,
+                "sd": float(np.std(L, ddof=1)),
+                "range": max(L) - min(L),
+            }
+        )
     sds = [r["sd"] for r in rows]
-    return {"rows": rows, "mean_sd": float(np.mean(sds)) if sds else None,
-            "pooled_sd": float(np.sqrt(np.mean(np.square(sds)))) if sds else None}
+    return {
+        "rows": rows,
+        "mean_sd": float(np.mean(sds)) if sds else None,
+        "pooled_sd": float(np.sqrt(np.mean(np.square(sds)))) if sds else None,
+    }
 
 
 def seed_replicate_grid(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -301,9 +324,14 @@ def seed_replicate_grid(records: list[dict[str, Any]]) -> dict[str, Any]:
     same call), with the argmin f of each seed; seed 0's session-1 grid is the f* table's."""
     cells: dict[tuple, dict[int, dict]] = defaultdict(dict)
     for r in records:
-        if (r["experiment"] == "grid" and r["_file"].startswith("session2")
-                and r["schedule"] == "fused" and overrides_key(r) == "{}"
-                and r["size"] == "2m" and r["bits"] == 4.0):
+        if (
+            r["experiment"] == "grid"
+            and r["_file"].startswith("session2")
+            and r["schedule"] == "fused"
+            and overrides_key(r) == "{}"
+            and r["size"] == "2m"
+            and r["bits"] == 4.0
+        ):
             cells[(r["size"], r["bits"], r["D_total"], round(r["f"], 4))][int(r["seed"])] = r
     out = _seed_rows(cells)
     argmin = {}
@@ -315,74 +343,111 @@ def seed_replicate_grid(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def schedule_comparison(grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _defaults_index(records: list[dict[str, Any]]) -> dict[tuple, list[dict]]:
+    idx: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        if r["experiment"] == "grid" and r["schedule"] == "fused" and overrides_key(r) == "{}":
+            idx[(r["size"], r["bits"], r["D_total"], r["seed"], round(r["f"], 2))].append(r)
+    return idx
+
+
+def matching_default(r: dict[str, Any], idx: dict[tuple, list[dict]]) -> tuple[dict | None, bool]:
+    """The fused default-knob run with the same (size, bits, D, seed, f) as ``r``: from the same
+    call where one exists (both then branch from the same FP trunk checkpoint: a clean pair), else
+    from the same session, else any. Returns (run, same_call)."""
+    cands = idx.get((r["size"], r["bits"], r["D_total"], r["seed"], round(r["f"], 2)), [])
+    same = [d for d in cands if d["_file"] == r["_file"]]
+    sess = [d for d in cands if d["_file"].split("-")[0] == r["_file"].split("-")[0]]
+    d = (same or sess or cands or [None])[-1]
+    return d, bool(same)
+
+
+def schedule_comparison(grid: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[dict]:
     """Fused vs standard at equal total tokens (same size, bits, D, seed, f): loss difference
-    (standard - fused; > 0: fusion helps), FLOPs (equal by construction) and the FP cooldown the
-    standard run spends before QAT."""
-    fused = {(r["size"], r["bits"], r["D_total"], r["seed"], round(r["f"], 2)): r
-             for r in main_grid(grid)}
+    (standard - fused; > 0: fusion helps) and FLOPs (equal by construction: same tokens, same
+    step cost). ``same_call``: the fused run ran in the same call (same trunk) as the standard."""
+    idx = _defaults_index(records)
     out = []
     for r in grid:
         if r["schedule"] != "standard" or overrides_key(r) != "{}":
             continue
-        k = (r["size"], r["bits"], r["D_total"], r["seed"], round(r["f"], 2))
-        fu = fused.get(k)
+        fu, same = matching_default(r, idx)
         if fu is None:
             continue
-        out.append({
-            "size": r["size"], "bits": r["bits"], "D_total": r["D_total"], "S_total": r["S_total"],
-            "f": r["f"], "loss_standard": r["loss"], "loss_fused": fu["loss"],
-            "diff_standard_minus_fused": r["loss"] - fu["loss"],
-            "loss_fp_standard": r["loss_fp"], "loss_fp_fused": fu["loss_fp"],
-            "flops_standard": r["flops"], "flops_fused": fu["flops"],
-            "same_session": r["_file"].split("-")[0] == fu["_file"].split("-")[0],
-        })
+        out.append(
+            {
+                "size": r["size"],
+                "bits": r["bits"],
+                "D_total": r["D_total"],
+                "S_total": r["S_total"],
+                "f": r["f"],
+                "loss_standard": r["loss"],
+                "loss_fused": fu["loss"],
+                "diff_standard_minus_fused": r["loss"] - fu["loss"],
+                "loss_fp_standard": r["loss_fp"],
+                "loss_fp_fused": fu["loss_fp"],
+                "flops_standard": r["flops"],
+                "flops_fused": fu["flops"],
+                "same_call": same,
+                "file": r["_file"],
+                "fused_file": fu["_file"],
+            }
+        )
     return out
 
 
-def knob_comparison(grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Paired knob effects on the H200 (2m, 4-bit, S=80): each override run against the default
-    run of the same seed and f from the same session; loss = quantized loss (f = 0: PTQ), with the
-    FP model's loss for schedule.cooldown."""
-    default: dict[tuple, dict] = {}
-    for r in main_grid(grid):
-        default[(r["size"], r["bits"], r["D_total"], r["seed"], round(r["f"], 2))] = r
-    # prefer the session-2 default runs (same code and session as the knob runs)
-    s2 = {}
-    for r in main_grid(grid):
-        if r["_file"].startswith("session2"):
-            s2[(r["size"], r["bits"], r["D_total"], r["seed"], round(r["f"], 2))] = r
+def knob_comparison(grid: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[dict]:
+    """Paired knob effects on the H200 (2m, 4-bit, S=80): each override run against the matching
+    default run (``matching_default``). f = 0 compares the PTQ loss and, for schedule.cooldown,
+    the FP model's loss."""
+    idx = _defaults_index(records)
     out = []
     for r in grid:
         ov = r.get("overrides") or {}
         if not ov or r["schedule"] != "fused":
             continue
-        k = (r["size"], r["bits"], r["D_total"], r["seed"], round(r["f"], 2))
-        d = s2.get(k) or default.get(k)
+        d, same = matching_default(r, idx)
         if d is None:
             continue
-        (knob, value), = ov.items()
-        out.append({
-            "knob": knob, "value": value, "seed": r["seed"], "f": r["f"],
-            "loss": r["loss"], "loss_default": d["loss"], "diff": r["loss"] - d["loss"],
-            "loss_fp": r["loss_fp"], "loss_fp_default": d["loss_fp"],
-            "diff_fp": r["loss_fp"] - d["loss_fp"],
-            "default_from": d["_file"],
-        })
+        ((knob, value),) = ov.items()
+        out.append(
+            {
+                "knob": knob,
+                "value": value,
+                "seed": r["seed"],
+                "f": r["f"],
+                "loss": r["loss"],
+                "loss_default": d["loss"],
+                "diff": r["loss"] - d["loss"],
+                "loss_fp": r["loss_fp"],
+                "loss_fp_default": d["loss_fp"],
+                "diff_fp": r["loss_fp"] - d["loss_fp"],
+                "same_trunk": same,
+                "file": r["_file"],
+                "default_file": d["_file"],
+            }
+        )
     return out
 
 
 def knob_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean paired difference (knob - default) per knob value, over all pairs and over the
+    same-trunk pairs only."""
     out = []
     for knob, value in sorted({(r["knob"], r["value"]) for r in rows}):
         rs = [r for r in rows if (r["knob"], r["value"]) == (knob, value)]
-        d = np.array([r["diff"] for r in rs])
-        dfp = np.array([r["diff_fp"] for r in rs])
-        out.append({
-            "knob": knob, "value": value, "n": len(rs), "mean_diff": float(d.mean()),
-            "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None,
-            "mean_diff_fp": float(dfp.mean()) if knob == "schedule.cooldown" else None,
-        })
+        rec: dict[str, Any] = {"knob": knob, "value": value}
+        for tag, sel in (("all", rs), ("same_trunk", [r for r in rs if r["same_trunk"]])):
+            d = np.array([r["diff"] for r in sel])
+            rec[tag] = {
+                "n": len(sel),
+                "mean_diff": float(d.mean()) if len(d) else None,
+                "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None,
+                "mean_diff_fp": float(np.mean([r["diff_fp"] for r in sel]))
+                if sel and knob == "schedule.cooldown"
+                else None,
+            }
+        out.append(rec)
     return out
 
 
@@ -534,6 +599,7 @@ def fit_qat_laws(grid: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict
 
 HOLDOUT_RULES = {
     "largest_N": "largest-N",  # 7m held out: fit 2m + 4m
+    "largest_N_S_ge_40": "largest-N",  # the same without the step-starved S < 40 runs
     "within_S": HOLDOUT_S,  # fit S <= 80 (+ FP baselines), predict the quantized S = 320 runs
 }
 
@@ -543,15 +609,16 @@ def compare_laws(grid: list[dict[str, Any]]) -> dict[str, Any]:
     does not fit them): in-sample errors, and held-out errors under each rule of HOLDOUT_RULES."""
     from coqat.law import ChenQATLaw, KumarPrecisionLaw, PerBitChinchilla, QATLaw, compare
 
-    runs = law_runs(main_grid(grid))
-    runs = runs.filter(~((runs.bits < 16) & (runs.D_qat <= 0)))
-    out: dict[str, Any] = {"n_runs": len(runs)}
+    out: dict[str, Any] = {}
     for tag, rule in HOLDOUT_RULES.items():
+        runs = law_runs(main_grid(grid), STEP_STARVED_S if tag.endswith("S_ge_40") else 0.0)
+        runs = runs.filter(~((runs.bits < 16) & (runs.D_qat <= 0)))
+        out.setdefault("n_runs", len(runs))
         try:
             rows = compare(
                 runs, [QATLaw, PerBitChinchilla, ChenQATLaw, KumarPrecisionLaw], rule=rule, seed=0
             )
-            out[tag] = {"rule": rule, "rows": rows}
+            out[tag] = {"rule": rule, "n_runs": len(runs), "rows": rows}
         except Exception as e:
             out[tag] = {"rule": rule, "error": f"{type(e).__name__}: {e}"}
     return out
@@ -580,8 +647,12 @@ def replicates(records: list[dict[str, Any]], pairs: list[tuple[dict, dict]]) ->
     ]
     fp: dict[tuple, list[float]] = defaultdict(list)
     for r in records:
-        if (r["experiment"] == "grid" and r["D_qat"] == 0 and overrides_key(r) == "{}"
-                and r["schedule"] == "fused"):
+        if (
+            r["experiment"] == "grid"
+            and r["D_qat"] == 0
+            and overrides_key(r) == "{}"
+            and r["schedule"] == "fused"
+        ):
             fp[(r["size"], int(r["D_total"]), int(r["seed"]))].append(float(r["loss_fp"]))
         if r["experiment"] == "lr_sweep" and r["size"] == "2m" and np.isclose(r["lr"], 3e-3):
             fp[(r["size"], int(r["D_total"]), 0)].append(float(r["loss"]))
@@ -653,15 +724,19 @@ def gpu_time(records: list[dict[str, Any]], bench: list[dict[str, Any]]) -> dict
         d["equiv_s"] += priv / tps(r)
         if r["experiment"] == "grid":
             k = (stem, r["trunk"])
-            trunks[k] = max(trunks.get(k, (0, r)), (b * int(r["tokens_per_step"]), r),
-                            key=lambda x: x[0])
+            trunks[k] = max(
+                trunks.get(k, (0, r)), (b * int(r["tokens_per_step"]), r), key=lambda x: x[0]
+            )
     for (stem, _), (tok, r) in trunks.items():
         per[stem]["tokens"] += tok
         per[stem]["equiv_s"] += tok / tps(r)
     for stem, d in per.items():
         lg = logs.get(stem, {})
-        d |= {"wall_s": lg.get("wall_s"), "workers": lg.get("workers"),
-              "worker_exit_codes": lg.get("worker_exit_codes")}
+        d |= {
+            "wall_s": lg.get("wall_s"),
+            "workers": lg.get("workers"),
+            "worker_exit_codes": lg.get("worker_exit_codes"),
+        }
         d["tokens_per_s"] = d["tokens"] / d["wall_s"] if d["wall_s"] else None
         d["efficiency_vs_bench"] = d["equiv_s"] / d["wall_s"] if d["wall_s"] else None
     walls = [d["wall_s"] for d in per.values() if d["wall_s"]]
@@ -764,41 +839,38 @@ def make_figures(summary: dict[str, Any], outdir: Path = FIGURES) -> list[str]:
     rows = summary["fstar"]
     files = []
     bits_list = sorted({r["bits"] for r in rows}, reverse=True)
-    Ss = sorted({r["s_target"] for r in rows})
-    law = summary["qat_law"].get("one_size_S_ge_40", {})
-    fig, axes = plt.subplots(len(bits_list), len(Ss), figsize=(4 * len(Ss), 3.2 * len(bits_list)))
+    law = summary.get("qat_law", {}).get("full_S_ge_40", {})
+    ncol = 4
+    nrow = -(-len(rows) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3.1 * nrow))
     axes = np.atleast_2d(axes)
-    for i, b in enumerate(bits_list):
-        for j, s in enumerate(Ss):
-            ax = axes[i, j]
-            rr = [r for r in rows if r["bits"] == b and r["s_target"] == s]
-            if not rr:
-                ax.axis("off")
-                continue
-            r = rr[0]
-            ax.plot(r["f"], r["loss"], "o-", color="C0", label="measured")
-            ax.plot(r["f_refined"], r["loss_refined"], "r*", ms=13, label="f* (refined)")
-            ax.axvline(r["f_hat_paper"], color="k", ls=":", label="paper f_hat")
-            c = law.get("curves", {}).get(f"{b:g}/{r['D_total']}")
-            if c:
-                ax.plot(
-                    np.linspace(0, 1, 51), c, "--", color="C2", label="QATLaw fit (1-size, S>=40)"
-                )
-            lo = min(r["loss"])
-            hi = sorted(r["loss"])[-2] if len(r["loss"]) > 2 else max(r["loss"])
-            ax.set_ylim(lo - 0.05 * (hi - lo) - 0.01, hi + 0.15 * (hi - lo) + 0.01)
-            ax.set_title(
-                f"{b:g}-bit, S={r['S_total']:.0f}, D={r['D_total'] / 1e6:.1f}M ({r['steps']} st)",
-                fontsize=9,
-            )
-            ax.set_xlabel("QAT fraction f")
-            ax.set_ylabel("val loss")
-            if i == 0 and j == len(Ss) - 1:
-                ax.legend(fontsize=7)
-    fig.suptitle("2m: final val loss of the quantized model vs f (f=0: PTQ, may be off-scale)")
-    fig.tight_layout()
+    for i, ax in enumerate(axes.flat):
+        if i >= len(rows):
+            ax.axis("off")
+            continue
+        r = rows[i]
+        ax.plot(r["f"], r["loss"], "o-", color="C0", label="measured")
+        ax.plot(r["f_refined"], r["loss_refined"], "r*", ms=13, label="f* (refined)")
+        ax.axvline(r["f_hat_paper"], color="k", ls=":", label="paper f_hat")
+        c = law.get("curves", {}).get(f"{r['size']}/{r['bits']:g}/{r['D_total']}")
+        if c:
+            ax.plot(np.linspace(0, 1, 51), c, "--", color="C2", label="QATLaw fit (S>=40)")
+        lo = min(min(r["loss"]), r["loss_refined"])
+        hi = sorted(r["loss"])[-2] if len(r["loss"]) > 2 else max(r["loss"])
+        ax.set_ylim(lo - 0.05 * (hi - lo) - 0.01, hi + 0.15 * (hi - lo) + 0.01)
+        ax.set_title(
+            f"{r['size']} {r['bits']:g}-bit, S={r['S_total']:.0f}, "
+            f"D={r['D_total'] / 1e6:.0f}M ({r['steps']} st)",
+            fontsize=9,
+        )
+        ax.set_xlabel("QAT fraction f", fontsize=8)
+        ax.set_ylabel("val loss", fontsize=8)
+        if i == 0:
+            ax.legend(fontsize=7)
+    fig.suptitle("final val loss of the quantized model vs f (f=0: PTQ, may be off-scale)")
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     p = outdir / "loss_vs_f.png"
-    fig.savefig(p, dpi=90)
+    fig.savefig(p, dpi=80)
     plt.close(fig)
     files.append(p.name)
 
@@ -815,25 +887,30 @@ def make_figures(summary: dict[str, Any], outdir: Path = FIGURES) -> list[str]:
         "C2-.",
         label=f"refit S>=40 a={cf['S_ge_40']['a_refit']:.3f}",
     )
+    markers = {"2m": "o", "4m": "s", "7m": "^", "12m": "D", "17m": "v", "30m": "P"}
     for k, b in enumerate(bits_list):
-        rr = [r for r in rows if r["bits"] == b]
-        x = np.array([r["S_total"] for r in rr]) * (1 + 0.04 * (k - 1))
-        ax.errorbar(
-            x,
-            [r["f_refined"] for r in rr],
-            yerr=[r["spacing"] for r in rr],
-            fmt="o",
-            color=f"C{k}",
-            capsize=3,
-            label=f"{b:g}-bit f* (bar: grid spacing)",
-        )
-    ax.axvspan(10, STEP_STARVED_S, color="0.9", zorder=0, label="step-starved (<=290 steps)")
+        for size in sorted({r["size"] for r in rows}, key=lambda z: float(z[:-1])):
+            rr = [r for r in rows if r["bits"] == b and r["size"] == size]
+            if not rr:
+                continue
+            x = np.array([r["S_total"] for r in rr]) * (1 + 0.04 * (k - 1))
+            ax.errorbar(
+                x,
+                [r["f_refined"] for r in rr],
+                yerr=[r["spacing"] for r in rr],
+                fmt=markers.get(size, "o"),
+                color=f"C{k}",
+                capsize=3,
+                label=f"{size} {b:g}-bit",
+            )
+    ax.axvspan(10, STEP_STARVED_S, color="0.9", zorder=0, label="S < 40 (2m: <= 290 steps)")
     ax.set_xscale("log")
     ax.set_xlim(10, 2000)
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("S_total = D / (N B/8)")
     ax.set_ylabel("optimal QAT fraction")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=6, loc="lower right", ncol=2)
+    ax.set_title("measured f* (bars: grid spacing) vs the closed form", fontsize=9)
     fig.tight_layout()
     p = outdir / "fstar_vs_S.png"
     fig.savefig(p, dpi=90)
@@ -878,14 +955,17 @@ def analyze(with_laws: bool = True) -> dict[str, Any]:
         "mean_regret_f_hat_paper_S_ge_40": float(np.mean([r["regret_f_hat_paper"] for r in big])),
         "replicates": replicates(records, pairs),
         "seeds": seed_replicate_grid(records),
-        "schedules": schedule_comparison(grid),
-        "knobs": knob_comparison(grid),
+        "schedules": schedule_comparison(grid, records),
+        "knobs": knob_comparison(grid, records),
         "gpu_time": gpu_time(records, bench),
         "bench": bench,
     }
     summary["knob_summary"] = knob_summary(summary["knobs"])
-    conc = [d for d in summary["gpu_time"]["per_slice"].values()
-            if (d["workers"] or 1) > 1 and d["efficiency_vs_bench"]]
+    conc = [
+        d
+        for d in summary["gpu_time"]["per_slice"].values()
+        if (d["workers"] or 1) > 1 and d["efficiency_vs_bench"]
+    ]
     eff = float(np.mean([d["efficiency_vs_bench"] for d in conc])) if conc else 0.5
     summary["efficiency_concurrent"] = eff
     summary["next_plan"] = next_session_plan(bench, eff)
@@ -919,21 +999,17 @@ def print_tables(s: dict[str, Any]) -> None:
             f"{size:>4} D={d['D_total'] / 1e6:.1f}M steps={d['steps']}  {cells}  "
             f"best {d['best_lr']:g}{edge}"
         )
-    print("\n== measured f* (2m, fused, seed 0) ==")
+    print("\n== measured f* (fused, seed 0) ==")
     print(
-        "bits  S_tot  D(M)  steps  f*grid  f*ref  +-sp   f_hat_paper  refit_all  refit_S>=40  "
-        "L(f*)   L(0.1)  regret10  L_PTQ   regret(f_hat)"
+        "size bits  S_tot   D(M)  steps  f*grid  f*ref  +-sp  f_hat  L(f*)   L(0.1)  regret10  "
+        "L_PTQ   regret(f_hat)"
     )
-    a_all = s["closed_form"]["all"]["a_refit"]
-    a_40 = s["closed_form"]["S_ge_40"]["a_refit"]
     for r in s["fstar"]:
         print(
-            f"{r['bits']:>4g} {r['S_total']:6.1f} {r['D_total'] / 1e6:6.1f} {r['steps']:5d} "
-            f"{r['f_grid']:7.3f} {r['f_refined']:6.3f} {r['spacing']:5.2f} "
-            f"{r['f_hat_paper']:11.3f} {closed_form(r['S_total'], a_all)[0]:10.3f} "
-            f"{closed_form(r['S_total'], a_40)[0]:12.3f} "
-            f"{r['loss_grid']:7.4f} {r['loss_baseline']:7.4f} {r['regret_baseline']:8.4f} "
-            f"{r['loss_ptq']:7.4f} {r['regret_f_hat_paper']:8.4f}"
+            f"{r['size']:>4} {r['bits']:>4g} {r['S_total']:6.1f} {r['D_total'] / 1e6:6.1f} "
+            f"{r['steps']:5d} {r['f_grid']:7.3f} {r['f_refined']:6.3f} {r['spacing']:5.2f} "
+            f"{r['f_hat_paper']:6.3f} {r['loss_grid']:7.4f} {r['loss_baseline']:7.4f} "
+            f"{r['regret_baseline']:8.4f} {r['loss_ptq']:7.4f} {r['regret_f_hat_paper']:8.4f}"
         )
     print(
         f"mean regret (S>=40): 10% rule {s['mean_regret_baseline_S_ge_40']:.4f}, "
@@ -950,9 +1026,55 @@ def print_tables(s: dict[str, Any]) -> None:
             f"(leave-one-out {c['mae_refit_loo']:.3f})"
         )
     print("\n== does f* grow with S_total? ==")
-    for b, g in s["growth"].items():
+    for k, g in s["growth"].items():
         pts = ", ".join(f"S={x:.0f}: {y:.2f}" for x, y in zip(g["S_total"], g["f_refined"]))
-        print(f"{b}-bit  {pts}   all S: {g['grows_all_S']}  S>=40: {g['grows_S_ge_40']}")
+        print(f"{k:>6}  {pts}   all S: {g['grows_all_S']}  S>=40: {g['grows_S_ge_40']}")
+    print("\n== f* at S=80 across sizes ==")
+    for b, rs in s["fstar_across_sizes"].items():
+        pts = ", ".join(f"{r['size']} ({r['steps']} st): {r['f_refined']:.2f}" for r in rs)
+        print(f"{b}-bit  {pts}")
+    sd = s["seeds"]
+    print("\n== seeds (2m, 4-bit, S=80, session 2) ==")
+    for r in sd["rows"]:
+        print(
+            f"f={r['f']:.2f} seeds {r['seeds']}: {[round(x, 4) for x in r['loss']]} "
+            f"sd {r['sd']:.4f}"
+        )
+    print(f"argmin f by seed: {sd['argmin_f_by_seed']}; pooled sd {sd['pooled_sd']:.4f}")
+    rp = s["replicates"]
+    print("\n== exact replicates (same config and seed, another call) ==")
+    for p in rp["grid_pairs"]:
+        print(
+            f"grid {p['size']} {p['bits']:g}b D={p['D_total'] / 1e6:.1f}M f={p['f']:.2f} "
+            f"{p['files']}: {[round(x, 4) for x in p['loss']]} diff {p['diff']:+.4f}"
+        )
+    for p in rp["fp_replicates"]:
+        print(
+            f"FP {p['size']} D={p['D_total'] / 1e6:.1f}M ({p['steps']} steps): "
+            f"{[round(x, 5) for x in p['loss_fp']]} range {p['range']:.5f}"
+        )
+    print("\n== fused vs standard (standard - fused; same_call = same trunk) ==")
+    for r in s["schedules"]:
+        print(
+            f"{r['size']} {r['bits']:g}b S={r['S_total']:.0f} f={r['f']:.2f}: standard "
+            f"{r['loss_standard']:.4f} fused {r['loss_fused']:.4f} diff "
+            f"{r['diff_standard_minus_fused']:+.4f} same_call={r['same_call']} "
+            f"FLOPs equal={r['flops_standard'] == r['flops_fused']}"
+        )
+    print("\n== knobs on the H200 (knob - default) ==")
+    for r in s["knobs"]:
+        print(
+            f"{r['knob']}={r['value']} seed {r['seed']} f={r['f']:.2f}: {r['loss']:.4f} vs "
+            f"{r['loss_default']:.4f} diff {r['diff']:+.4f} (FP {r['diff_fp']:+.4f}) "
+            f"same_trunk={r['same_trunk']}"
+        )
+    for k in s["knob_summary"]:
+        a, st = k["all"], k["same_trunk"]
+        print(
+            f"{k['knob']}={k['value']}: all n={a['n']} mean {a['mean_diff']:+.4f} "
+            f"(se {a['se'] or float('nan'):.4f}); same-trunk n={st['n']} "
+            + (f"mean {st['mean_diff']:+.4f}" if st["n"] else "")
+        )
     if "qat_law" in s:
         print("\n== QATLaw fits (in-sample) ==")
         for name, q in s["qat_law"].items():
@@ -962,62 +1084,50 @@ def print_tables(s: dict[str, Any]) -> None:
             print(
                 f"{name}: converged={q['converged']} n={q['n_fit']} k_free={q['k_free']} "
                 f"MAE={q['mae']:.4f} mean rel={q['mean_rel_err']:.4f} "
-                f"max rel={q['max_rel_err']:.4f} "
-                f"f_opt MAE vs f*={q['f_opt_mae']:.3f} measured regret of f_opt="
-                f"{q['mean_regret_measured']:.4f} at bounds={q['params_at_bounds']}"
+                f"max rel={q['max_rel_err']:.4f} f_opt MAE vs f*={q['f_opt_mae']:.3f} "
+                f"measured regret of f_opt={q['mean_regret_measured']:.4f} "
+                f"at bounds={q['params_at_bounds']}"
             )
             print(
-                "   f_law vs f*: "
+                "   f_law/f*: "
                 + ", ".join(
-                    f"{x['bits']:g}b S{x['S_total']:.0f}: {x['f_law']:.2f}/{x['f_measured']:.2f}"
+                    f"{x['size']} {x['bits']:g}b S{x['S_total']:.0f}: "
+                    f"{x['f_law']:.2f}/{x['f_measured']:.2f}"
                     for x in q["f_opt"]
                 )
             )
         lc = s["law_comparison"]
-        print(f"\n== law comparison (PTQ runs dropped; held out: {HOLDOUT_S}) ==")
-        if "error" in lc:
-            print("FAILED", lc["error"])
-        else:
-            for r in lc["rows"]:
+        for tag in HOLDOUT_RULES:
+            d = lc[tag]
+            print(f"\n== law comparison {tag} (rule {d['rule']}; PTQ runs dropped) ==")
+            if "error" in d:
+                print("FAILED", d["error"])
+                continue
+            for r in d["rows"]:
                 print(
                     f"{r['law']:>20s} k={r['k']:2d} conv={r['converged']} MAE={r['mae']:.4f} "
                     f"rel={r['mean_rel_err']:.4f} AIC={r['aic']:.1f} | held-out rel "
                     f"{r['heldout_mean_rel_err']:.4f} max {r['heldout_max_rel_err']:.4f} "
                     f"(n={r['n_heldout']}) {r['note']}"
                 )
-    rp = s["replicates"]
-    print("\n== incidental replicates ==")
-    for p in rp["grid_pairs"]:
-        print(
-            f"grid {p['bits']:g}b D={p['D_total'] / 1e6:.1f}M f={p['f']:.3f}: {p['loss']} "
-            f"diff {p['diff']:+.4f}"
-        )
-    for p in rp["fp_replicates"]:
-        print(
-            f"FP D={p['D_total'] / 1e6:.1f}M ({p['steps']} steps): {p['loss_fp']} "
-            f"range {p['range']:.4f}"
-        )
     g = s["gpu_time"]
-    print("\n== GPU time ==")
+    print("\n== GPU time per slice ==")
     for k, v in g["per_slice"].items():
-        print(k, {a: (round(b, 1) if isinstance(b, float) else b) for a, b in v.items()})
+        print(
+            f"{k}: {v['runs']} runs, {v['tokens'] / 1e9:.2f}B tokens, wall {v['wall_s']} s, "
+            f"workers {v['workers']} (exit {v['worker_exit_codes']}), "
+            f"{(v['tokens_per_s'] or 0) / 1e6:.2f}M tok/s, "
+            f"efficiency vs single-process bench {v['efficiency_vs_bench'] or 0:.2f}"
+        )
     print(
-        f"total {g['total_slice_wall_s']:.0f} s; "
-        f"QAT private tokens/s {g['tokens_per_s_qat_private']:.3g}, "
-        f"FP trunk tokens/s {g['tokens_per_s_fp_trunk']:.3g}; efficiency vs bench "
-        f"{s['efficiency_vs_bench_2m']:.2f}"
+        f"total slice wall {g['total_slice_wall_s']:.0f} s; mean efficiency of the concurrent "
+        f"slices {s['efficiency_concurrent']:.2f}"
     )
-    print(f"estimated torch.compile / first-use overhead: {s['compile_overhead']['total_s']:.0f} s")
     print("\n== next-session device-time estimate (7 fractions, 1 seed) ==")
     for r in s["next_plan"]:
         print(
             f"{r['size']:>4} {r['bits']}b S={r['S_total']:4d} D={r['D_total'] / 1e6:8.1f}M "
             f"epochs={r['epochs']:5.1f} steps@65k={r['steps_at_65k']:7.0f} {r['device_s']:7.0f} s"
-        )
-    for d in s["next_plan_by_size"]:
-        print(
-            f"{d['size']:>4} bits {d['bits']} S {d['S_total']}: {d['device_s'] / 60:6.1f} min "
-            f"(max {d['max_epochs']:.1f} epochs, {d['tokens_per_s_est'] / 1e6:.2f}M tok/s)"
         )
     print(f"total {sum(r['device_s'] for r in s['next_plan']) / 3600:.2f} h")
 

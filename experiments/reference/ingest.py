@@ -1,10 +1,11 @@
 """Merge the reference experiment's device results into the results store, and export it.
 
 Each device session appends result records to ``results/session*-*.jsonl`` (see run_slice.py).
-This script rebuilds every run's exact RunConfig from the slice definitions, registers it in
-``experiments/reference/results.sqlite`` under the code version that trained it, records its
-result (idempotent: runs already done are left as they are) and exports the store as CSV and
-Parquet for the law fitter and the report.
+This script rebuilds every run's exact RunConfig from the slice definitions, registers it in a
+fresh store under the code version that trained it, records its result, and replaces
+``experiments/reference/results.sqlite`` with it (the store is derived from the committed JSONL
+files: rebuilding keeps its run keys in step with the current RunConfig fields), then exports the
+store as CSV and Parquet for the law fitter and the report.
 
     python experiments/reference/ingest.py
 """
@@ -46,9 +47,14 @@ def configs_and_results(path: Path):
 
 
 def main() -> None:
+    import os
+
     from coqat.sweep.store import Store
 
-    store = Store(HERE / "results.sqlite")
+    tmp = HERE / "results.sqlite.tmp"
+    for p in HERE.glob("results.sqlite.tmp*"):
+        p.unlink()
+    store = Store(tmp)
     for path in sorted((HERE / "results").glob("session*-*.jsonl")):
         session = path.stem.split("-")[0]
         version = SESSION_VERSION[session]
@@ -62,6 +68,9 @@ def main() -> None:
             done = sum(store.complete(k, r) for k, (_, r) in zip(reg["keys"], sel))
             print(f"{path.name} {kind}: {len(sel)} runs, {reg['new']} new, {done} recorded")
     print(store.counts())
+    store.close()
+    os.replace(tmp, HERE / "results.sqlite")
+    store = Store(HERE / "results.sqlite")
     store.export(HERE / "results.csv")
     store.export(HERE / "results.parquet")
     print("exported", HERE / "results.csv", HERE / "results.parquet")
