@@ -24,6 +24,7 @@ ROOT = HERE.parents[1]
 RESULTS = HERE / "results"
 FIGURES = HERE / "figures"
 SUMMARY = HERE / "summary.json"
+LAW_RUNS = HERE / "law_runs.csv"  # the table the laws are fitted on (for `coqat fit`)
 THROUGHPUT = ROOT / "bench" / "results" / "throughput-h200-2026-11-29.json"
 THROUGHPUT_2 = ROOT / "bench" / "results"  # session 2: bench-2m-*.json, bench-4m-*.json
 CORPUS_TRAIN_TOKENS = 114_219_898  # experiments/reference/manifest.json, splits.train.tokens
@@ -1132,7 +1133,24 @@ def print_tables(s: dict[str, Any]) -> None:
     print(f"total {sum(r['device_s'] for r in s['next_plan']) / 3600:.2f} h")
 
 
+def write_law_runs(path: Path = LAW_RUNS) -> int:
+    """The runs table of the S >= 40 law fits (fused default-knob runs, PTQ rows dropped, FP
+    baselines added; cluster = FP trunk) as CSV, for ``coqat fit``."""
+    import csv
+
+    records = load_records()
+    grid, _ = dedupe_grid(records)
+    runs = law_runs(main_grid(grid), STEP_STARVED_S)
+    rows = [r for r in runs.to_records() if not (r["bits"] < 16 and r["D_qat"] <= 0)]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return len(rows)
+
+
 def main() -> None:
+    print(f"wrote {write_law_runs()} runs to {LAW_RUNS.relative_to(ROOT)}")
     s = analyze()
     s["figures"] = make_figures(s)
     SUMMARY.write_text(json.dumps(_jsonable(s), indent=1) + "\n")

@@ -128,8 +128,8 @@ SLICES = {
             },
         ],
     },
-    # session 2, call 4 (the last ~2 min of device time): is the short QAT cooldown what costs
-    # small fractions? f = 0.2 with the whole QAT phase as the decay, seeds 0 and 1
+    # next session, first: is the short QAT cooldown what costs small fractions? f = 0.2 with
+    # the whole QAT phase as the decay, seeds 0 and 1 (session 2 ran out of device time for it)
     "s5": {
         "lr_sweep": {},
         "lr": {"2m": 3e-3},
