@@ -59,7 +59,13 @@ def _lrs(cfg):
 
 def test_schedule_shapes(tiny_data):
     std = tiny_run_config(
-        tiny_data, **{"qat.schedule": "standard", "qat.fraction": 0.5, "tokens": 8 * 32 * 100}
+        tiny_data,
+        **{
+            "qat.schedule": "standard",
+            "qat.fraction": 0.5,
+            "qat.cooldown": 0.2,
+            "tokens": 8 * 32 * 100,
+        },
     )
     plan, lr = _lrs(std)
     assert plan.fp_steps == 50
@@ -68,7 +74,9 @@ def test_schedule_shapes(tiny_data):
     assert lr[39] == 1.0 and lr[40] == 1.0 and lr[41] < 1.0 and lr[49] == pytest.approx(0.1)
     # QAT: rewarmup from low, stable, cooldown to ~0
     assert lr[50] < 0.6 and max(lr[50:]) == 1.0 and lr[-1] == pytest.approx(0.1)
-    fused = tiny_run_config(tiny_data, **{"qat.fraction": 0.5, "tokens": 8 * 32 * 100})
+    fused = tiny_run_config(
+        tiny_data, **{"qat.fraction": 0.5, "qat.cooldown": 0.2, "tokens": 8 * 32 * 100}
+    )
     plan, lr = _lrs(fused)
     # fused: no FP cooldown, no rewarmup; the only decay is at the end of QAT
     assert all(v == 1.0 for v in lr[2:91]) and lr[91] < 1.0 and lr[-1] == pytest.approx(0.1)

@@ -99,7 +99,7 @@ class QATConfig:
     schedule: Literal["fused", "standard"] = "fused"
     lr_ratio: float = 1.0  # QAT peak lr relative to the FP peak lr
     rewarmup: float = 0.05  # standard: warmup fraction of the QAT phase
-    cooldown: float = 0.2  # cooldown fraction of the QAT phase (both schedules)
+    cooldown: float = 0.4  # cooldown fraction of the QAT phase (both schedules)
     carry_optimizer: bool = True  # keep AdamW moments of the weights across the phase switch
     granularity: Literal["row", "group"] = "row"
     group_size: int = 128
