@@ -128,8 +128,9 @@ SLICES = {
             },
         ],
     },
-    # next session, first: is the short QAT cooldown what costs small fractions? f = 0.2 with
-    # the whole QAT phase as the decay, seeds 0 and 1 (session 2 ran out of device time for it)
+    # next session, first: is the short QAT cooldown what costs small fractions? The whole QAT
+    # phase as the decay (qat.cooldown = 1, the paper's "decay during QAT") against the slices'
+    # 0.2, on the same trunks (same call), 2 seeds; and 6 bits, where f = 0.1 lost to PTQ
     "s5": {
         "lr_sweep": {},
         "lr": {"2m": 3e-3},
@@ -138,8 +139,22 @@ SLICES = {
                 "size": "2m",
                 "bits": 4,
                 "s_total": (80,),
-                "fractions": (0.2,),
+                "fractions": (0.1, 0.2, 0.6),
                 "seeds": (0, 1),
+                "overrides": {"qat.cooldown": 1.0},
+            },
+            {
+                "size": "2m",
+                "bits": 4,
+                "s_total": (80,),
+                "fractions": (0.1, 0.2, 0.6),
+                "seeds": (0, 1),
+            },
+            {
+                "size": "2m",
+                "bits": 6,
+                "s_total": (80,),
+                "fractions": (0.1, 0.2),
                 "overrides": {"qat.cooldown": 1.0},
             },
         ],
