@@ -452,6 +452,44 @@ def knob_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def memory_check(grid: list[dict[str, Any]]) -> dict[str, Any]:
+    """Question 5: the planner's predictions for a fixed weight budget (recorded before the runs
+    in predictions/memory-budget.json) against the measured best loss over the fractions run for
+    each candidate at that D (None where a candidate has not run yet)."""
+    path = HERE / "predictions" / "memory-budget.json"
+    if not path.is_file():
+        return {}
+    pred = json.loads(path.read_text())
+    rows = []
+    for c in pred["candidates"]:
+        runs = [
+            r
+            for r in main_grid(grid)
+            if r["size"] == c["size"]
+            and r["bits"] == c["bits"]
+            and int(r["D_total"]) == int(pred["D_total"])
+        ]
+        best = min(runs, key=lambda r: r["loss"]) if runs else None
+        rows.append(
+            {
+                **c,
+                "measured_best_loss": best["loss"] if best else None,
+                "measured_best_f": best["f"] if best else None,
+                "fractions_run": sorted(round(r["f"], 3) for r in runs),
+            }
+        )
+    done = [r for r in rows if r["measured_best_loss"] is not None]
+    return {
+        "date_predicted": pred["date"],
+        "D_total": pred["D_total"],
+        "predicted_best": pred["predicted_best"],
+        "measured_best": min(done, key=lambda r: r["measured_best_loss"])["size"]
+        if len(done) == len(rows)
+        else None,
+        "rows": rows,
+    }
+
+
 # ---- LR sweep -----------------------------------------------------------------------------------
 def lr_table(records: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -958,6 +996,7 @@ def analyze(with_laws: bool = True) -> dict[str, Any]:
         "seeds": seed_replicate_grid(records),
         "schedules": schedule_comparison(grid, records),
         "knobs": knob_comparison(grid, records),
+        "memory_check": memory_check(grid),
         "gpu_time": gpu_time(records, bench),
         "bench": bench,
     }
@@ -1076,6 +1115,23 @@ def print_tables(s: dict[str, Any]) -> None:
             f"(se {a['se'] or float('nan'):.4f}); same-trunk n={st['n']} "
             + (f"mean {st['mean_diff']:+.4f}" if st["n"] else "")
         )
+    mc = s["memory_check"]
+    if mc:
+        print(
+            f"\n== memory-budget check (D = {mc['D_total']:,}; predicted {mc['date_predicted']}) =="
+        )
+        for r in mc["rows"]:
+            meas = (
+                f"measured {r['measured_best_loss']:.4f} at f={r['measured_best_f']:.2f}"
+                if r["measured_best_loss"] is not None
+                else "not run yet"
+            )
+            print(
+                f"{r['size']:>4} {r['bits']:g}-bit {r['weight_bytes'] / 1e6:.2f} MB: predicted "
+                f"{r['loss_opt']:.4f} {[round(x, 4) for x in r['loss_opt_ci']]} at f*="
+                f"{r['f_opt']:.2f}; {meas}"
+            )
+        print(f"predicted best {mc['predicted_best']}, measured best {mc['measured_best']}")
     if "qat_law" in s:
         print("\n== QATLaw fits (in-sample) ==")
         for name, q in s["qat_law"].items():

@@ -36,8 +36,11 @@ def configs_and_results(path: Path):
         if r["bits"] == 16:
             over["qat.bits"] = 16
         else:
-            over |= {"qat.bits": r["bits"], "qat.fraction": r["f_requested"],
-                     "qat.schedule": r["schedule"] if r["schedule"] != "fp" else "fused"}
+            over |= {
+                "qat.bits": r["bits"],
+                "qat.fraction": r["f_requested"],
+                "qat.schedule": r["schedule"] if r["schedule"] != "fp" else "fused",
+            }
         over |= r.get("overrides") or {}
         base = r["base"] if "base" in r else sl.get("base")
         # the data path does not enter the run key; the manifest next to this file does
@@ -63,8 +66,7 @@ def main() -> None:
             sel = [(c, r) for c, r in pairs if r["experiment"] == kind]
             if not sel:
                 continue
-            reg = store.register([c for c, _ in sel], sweep=f"reference-{kind}",
-                                 version=version)
+            reg = store.register([c for c, _ in sel], sweep=f"reference-{kind}", version=version)
             done = sum(store.complete(k, r) for k, (_, r) in zip(reg["keys"], sel))
             print(f"{path.name} {kind}: {len(sel)} runs, {reg['new']} new, {done} recorded")
     print(store.counts())

@@ -159,6 +159,19 @@ SLICES = {
             },
         ],
     },
+    # the memory-budget check (question 5): ~1.4-2.2 MB of weights, D = 151.5M tokens, each
+    # candidate at two fractions around the law's f* (predictions/memory-budget.json, recorded
+    # before these runs; 4m at 4 bits is the measured 4m 4-bit S=80 grid); 17m needs its lr sweep
+    "s6": {
+        "lr_sweep": {"17m": (1.5e-3, 3e-3)},
+        "lr_sweep_tokens_per_param": 10,
+        "lr": {"7m": 1.5e-3, "12m": 3e-3},
+        "grids": [
+            {"size": "7m", "bits": 2, "tokens": 151_453_696, "fractions": (0.25, 0.65)},
+            {"size": "12m", "bits": 1, "tokens": 151_453_696, "fractions": (0.25, 0.65)},
+            {"size": "17m", "bits": 1, "tokens": 151_453_696, "fractions": (0.25, 0.65)},
+        ],
+    },
     # (session 1's plan for the next session; superseded by s3 below)
     "s3-draft": {
         "lr_sweep": {},
@@ -305,7 +318,7 @@ def slice_units(sl: dict) -> list[dict]:
     for gi, grid in enumerate(sl["grids"]):
         units += [
             {"kind": "grid", "grid": gi, "size": grid["size"], "s_total": s, "seed": seed}
-            for s in grid["s_total"]
+            for s in grid.get("s_total", (None,))
             for seed in grid.get("seeds", (0,))
         ]
     for i, u in enumerate(units):
@@ -526,7 +539,10 @@ def grid_configs(u: dict, sl: dict, lr: float, data: str) -> list:
     cfg0 = run_config(grid["size"], 10**12, data, base)
     nbytes = param_counts(cfg0.model).total * bits / 8
     tps = cfg0.tokens_per_step
-    tokens = max(1, round(u["s_total"] * nbytes / tps)) * tps
+    if "tokens" in grid:  # a fixed token budget (the memory-budget check) instead of S_total
+        tokens = max(1, round(grid["tokens"] / tps)) * tps
+    else:
+        tokens = max(1, round(u["s_total"] * nbytes / tps)) * tps
     over = dict(grid.get("overrides", {}))
     return [
         run_config(
