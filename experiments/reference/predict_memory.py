@@ -1,10 +1,10 @@
 """Record the planner's predictions for the memory-budget check (question 5) before the runs.
 
-At a fixed training budget of D = 151,453,696 tokens (2,311 steps of 65,536) and at most 2.2 MB of
-weights (N B / 8), which (size, bit width) of the ladder gives the lowest loss? The law fitted on sessions
-1-2 (law-qat.json) predicts each candidate's loss at its own optimal QAT fraction, with bootstrap
-CIs; the runs that check it are slice ``s6`` of run_slice.py (4m at 4 bits is already measured:
-the 4m 4-bit S=80 grid has this D).
+At a fixed training budget of D = 151,453,696 tokens (2,311 steps of 65,536) and at most 2.2 MB
+of weights (N B / 8), which (size, bit width) of the ladder gives the lowest loss? The law fitted
+on sessions 1-2 (law-qat.json) predicts each candidate's loss at its own optimal QAT fraction,
+with bootstrap CIs; the runs that check it are slice ``s6`` of run_slice.py (4m at 4 bits is
+already measured: the 4m 4-bit S=80 grid has this D).
 
     python experiments/reference/predict_memory.py   # -> predictions/memory-budget.json
 """

@@ -27,15 +27,15 @@ BASE = {
 FRACTIONS = (0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 SLICES = {
-    # a CPU smoke test of this script
+    # a CPU smoke test of this script (tests/test_run_slice.py; data with a vocabulary <= 512)
     "smoke": {
         "base": {
-            "model": {"seq_len": 32},
+            "model": {"seq_len": 32, "vocab_size": 512},
             "optim": {"batch_size": 4},
             "device": "cpu",
             "data": {"val_tokens": 1024},
         },
-        "lr_sweep": {"tiny": (3e-3, 6e-3)},
+        "lr_sweep": {"tiny": (1e-3, 6e-3)},  # neither is BASE's lr: the grid must use the sweep
         "lr_sweep_tokens_per_param": 0.05,
         "lr": {},
         "grids": [{"size": "tiny", "bits": 4, "s_total": (0.2,), "fractions": (0.0, 0.5, 1.0)}],
@@ -395,6 +395,7 @@ def main() -> None:
         default=1,
         help="concurrent worker processes on this GPU (units are claimed dynamically)",
     )
+    ap.add_argument("--work", default="/tmp/coqat-ref", help="folder for run and trunk folders")
     ap.add_argument("--estimate", action="store_true", help="print the units' cost and exit")
     ap.add_argument(
         "--done",
@@ -418,7 +419,7 @@ def main() -> None:
     t_start = args.t_start or time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    work = Path("/tmp/coqat-ref") / args.slice
+    work = Path(args.work) / args.slice
     (work / "claims").mkdir(parents=True, exist_ok=True)
     if args.workers > 1 and args.worker_index is None:
         import subprocess
