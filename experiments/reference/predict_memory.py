@@ -21,6 +21,11 @@ CANDIDATES = [("4m", 4.0), ("7m", 2.0), ("12m", 1.0), ("17m", 1.0)]
 
 
 def main() -> None:
+    import sys
+
+    target = HERE / "predictions" / "memory-budget.json"
+    if target.exists() and "--force" not in sys.argv:
+        raise SystemExit(f"{target} exists (a prediction recorded before the runs); --force")
     from coqat.law import load_law
     from coqat.model.config import ladder, param_counts
     from coqat.plan import optimal_fraction
