@@ -190,3 +190,24 @@ def test_committed_summary_matches(an, summary):
         if "error" not in q:
             assert q["mae"] > 0 and 0 <= q["f_opt_mae"] <= 1
             assert all(0 <= x["f_law"] <= 1 for x in q["f_opt"])
+
+
+def test_fstar_intervals(an):
+    assert an.noise_sd(145, 0.5) > an.noise_sd(600, 0.5) > an.noise_sd(1161, 0.5)
+    assert an.noise_sd(5000, 0.5) == pytest.approx(0.0065)
+    assert an.noise_sd(5000, 1.0) == pytest.approx(an.NOISE_SD_F1)
+    sharp = {
+        "size": "x",
+        "bits": 4.0,
+        "S_total": 100.0,
+        "steps": 5000,
+        "f": F.tolist(),
+        "loss": (2.0 + 3.0 * (F - 0.4) ** 2).tolist(),
+    }
+    flat = dict(sharp, S_total=400.0, loss=(2.0 + 0.001 * (F - 0.4) ** 2).tolist())
+    out = an.fstar_intervals([sharp, flat], n=300)
+    lo, hi = sharp["f_refined_ci90"]
+    assert lo <= 0.4 <= hi and hi - lo < 0.15  # a sharp minimum is located tightly
+    lo2, hi2 = flat["f_refined_ci90"]
+    assert hi2 - lo2 > 0.5  # a flat curve is not
+    assert 0.0 <= out["p_fstar_grows_S_ge_40"]["x/4"] <= 1.0
