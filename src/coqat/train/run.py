@@ -84,7 +84,13 @@ def compiled_forward_loss(mode: str = "default"):
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         if hasattr(torch._dynamo.config, "recompile_limit"):
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _COMPILED[mode] = torch.compile(_forward_loss, mode=mode)
+        from torch._inductor import list_mode_options
+
+        # the mode's own inductor options, without the generated code's per-call size/stride
+        # asserts (dynamo's guards already check the inputs): less host time per step, which a
+        # small model's short GPU step cannot hide; assertions only, so no numbers change
+        options = {**list_mode_options(mode), "size_asserts": False}
+        _COMPILED[mode] = torch.compile(_forward_loss, options=options)
     return _COMPILED[mode]
 
 
@@ -132,6 +138,7 @@ class Trainer:
         )
         torch.manual_seed(cfg.seed)
         self.model = Llama(cfg.model).to(self.device)
+        self._params: list[torch.nn.Parameter] | None = None
         self.quantized = False
         self.step = 0
         self.optimizer = self._make_optimizer()
@@ -160,13 +167,11 @@ class Trainer:
                 decay.append(p)
             else:
                 no_decay.append(p)
-        groups = [
+        # quantizer scales share the no-decay group (same settings; one group less per step)
+        return [
             {"params": decay, "weight_decay": self.cfg.optim.weight_decay, "name": "decay"},
-            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+            {"params": no_decay + scales, "weight_decay": 0.0, "name": "no_decay"},
         ]
-        if scales:
-            groups.append({"params": scales, "weight_decay": 0.0, "name": "scales"})
-        return groups
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
@@ -184,11 +189,11 @@ class Trainer:
 
         prepare(self.model, self.quant_config)
         self.quantized = True
+        self._params = None
         if self.cfg.qat.carry_optimizer and self.step > 0:
             scales = [p for n, p in self.model.named_parameters() if "weight_quantizer" in n]
-            self.optimizer.add_param_group(
-                {"params": scales, "weight_decay": 0.0, "name": "scales"}
-            )
+            group = next(g for g in self.optimizer.param_groups if g["name"] == "no_decay")
+            group["params"].extend(scales)  # new parameters: their AdamW moments start empty
         else:
             self.optimizer = self._make_optimizer()
 
@@ -209,6 +214,14 @@ class Trainer:
         return contextlib.nullcontext()
 
     # ----------------------------------------------------------------------------- steps
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        """The model's parameters as a list, cached: walking the module tree every step costs
+        host time that a small model's GPU step cannot hide. ``_params = None`` wherever
+        quantizers are attached (the only change to the tree during a run)."""
+        if self._params is None:
+            self._params = list(self.model.parameters())
+        return self._params
+
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         cfg = self.cfg
         lr = cfg.optim.lr * lr_multiplier(cfg, self.plan, self.step)
@@ -225,11 +238,12 @@ class Trainer:
                 loss = fn(self.model, x, y)
             (loss / n_micro).backward()
             total += loss.detach() / n_micro
+        params = self._trainable()
         if self.dist.enabled:
-            average_gradients(list(self.model.parameters()), self.dist)
+            average_gradients(params, self.dist)
             total = all_reduce_sum(total, self.dist) / self.dist.world
         if cfg.optim.grad_clip > 0:
-            gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         else:
             gnorm = torch.zeros((), device=self.device)
         self.optimizer.step()
@@ -297,6 +311,7 @@ class Trainer:
 
             prepare(self.model, self.quant_config)
             self.quantized = True
+            self._params = None
             self.optimizer = self._make_optimizer()
         load_state_dict_checked(self.model, sd["model"])
         self.optimizer.load_state_dict(sd["optimizer"])
