@@ -337,17 +337,6 @@ def fstar_across_sizes(rows: list[dict[str, Any]], s_target: float = 80) -> dict
 
 
 # ---- session 2: seeds, schedules, knobs ----------------------------------------------------------
-def seed_noise(grid: list[dict[str, Any]]) -> dict[str, Any]:
-    """Run-to-run noise across seeds: for every (size, bits, D, f) of the fused default grid with
-    >= 2 seeds (seed 0 taken from the same session as the other seeds where it was repeated), the
-    losses, their standard deviation, and the argmin f of each seed."""
-    base = [r for r in main_grid(grid)]
-    by_cell: dict[tuple, dict[int, dict]] = defaultdict(dict)
-    for r in base:
-        by_cell[(r["size"], r["bits"], r["D_total"], round(r["f"], 4))][int(r["seed"])] = r
-    return _seed_rows(by_cell)
-
-
 def _seed_rows(by_cell: dict[tuple, dict[int, dict]]) -> dict[str, Any]:
     rows = []
     for (size, b, D, f), seeds in sorted(by_cell.items()):
