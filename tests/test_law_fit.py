@@ -140,3 +140,54 @@ def test_bootstrap_coverage_of_predictions():
     cov = hits / total
     print(f"coverage {cov:.3f} over {total} intervals")
     assert 0.75 <= cov <= 1.0, cov
+
+
+def test_closed_form_fit_runs_keeps_schedules_and_variants_apart():
+    from coqat.law import Runs
+
+    f = np.array([0.1, 0.3, 0.6, 0.9])
+    rows = []
+    for sched, variant, fstar in (
+        ("fused", "", 0.3),
+        ("standard", "", 0.9),
+        ("fused", "qat.cooldown=0.1", 0.9),
+    ):
+        for x in f:
+            rows.append(
+                {
+                    "N": 1e7,
+                    "D_fp": (1 - x) * 1e9,
+                    "D_qat": x * 1e9,
+                    "bits": 4.0,
+                    "loss": 2 + (x - fstar) ** 2,
+                    "schedule": sched,
+                    "variant": variant,
+                }
+            )
+    c = FractionClosedForm().fit_runs(Runs.from_records(rows))
+    assert c.provenance["n_pairs"] == 3  # one f* per curve, not one for the mixed group
+    mixed = [r for r in rows if r["schedule"] == "fused" and r["variant"] == ""]
+    assert FractionClosedForm().fit_runs(Runs.from_records(mixed)).provenance["n_pairs"] == 1
+
+
+def test_runs_where():
+    from coqat.law import Runs
+
+    rows = [
+        {"N": 1e7, "D_fp": 1e9, "D_qat": q, "bits": b, "loss": 2.0, "schedule": s, "variant": v}
+        for q, b, s, v in [
+            (0, 16, "fused", ""),
+            (1e8, 4, "fused", ""),
+            (1e8, 4, "standard", ""),
+            (2e8, 2, "fused", "qat.cooldown=0.1"),
+        ]
+    ]
+    r = Runs.from_records(rows)
+    assert len(r.where("schedule==fused")) == 3
+    assert len(r.where("schedule==fused & variant==")) == 2
+    assert len(r.where("variant==qat.cooldown=0.1")) == 1
+    assert len(r.where("bits<16 & D_qat>=1e8")) == 3
+    assert len(r.where("f>0.05 & schedule!=standard")) == 2
+    for bad in ("bits<<4", "nope==1", "schedule>fused"):
+        with pytest.raises(ConfigError, match="where"):
+            r.where(bad)

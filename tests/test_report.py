@@ -15,9 +15,22 @@ from coqat.sweep.store import Store
 
 # a law fitted once on a fake sweep (coqat.law.QATLaw), to avoid a minute of fitting in tests
 LAW_PARAMS = {
-    "E": 1.5214, "A": 26.166, "alpha": 0.27317, "B": 35.335, "beta": 0.26554, "theta": 0.017089,
-    "kappa": 0.0, "phi": 3.3483, "chi": 1.7498, "psi": -0.0063407, "omega": 0.50729,
-    "lambda": 83.801, "mu": 0.0, "nu": 0.54954, "xi": 0.64257, "rho": 0.34744,
+    "E": 1.5214,
+    "A": 26.166,
+    "alpha": 0.27317,
+    "B": 35.335,
+    "beta": 0.26554,
+    "theta": 0.017089,
+    "kappa": 0.0,
+    "phi": 3.3483,
+    "chi": 1.7498,
+    "psi": -0.0063407,
+    "omega": 0.50729,
+    "lambda": 83.801,
+    "mu": 0.0,
+    "nu": 0.54954,
+    "xi": 0.64257,
+    "rho": 0.34744,
 }
 
 
@@ -26,13 +39,21 @@ def fake_store(tmp_path_factory):
     from coqat.sweep.worker import work
 
     d = tmp_path_factory.mktemp("rep")
-    spec = spec_from_dict({
-        "name": "r",
-        "base": {"model": {"seq_len": 64, "vocab_size": 512}, "optim": {"batch_size": 8},
-                 "device": "cpu"},
-        "sizes": ["tiny", "2m"], "s_total": [20, 200], "bits": [2, 4, 16],
-        "fractions": [0, 0.1, 0.25, 0.5, 0.75, 1], "schedules": ["fused", "standard"],
-    })
+    spec = spec_from_dict(
+        {
+            "name": "r",
+            "base": {
+                "model": {"seq_len": 64, "vocab_size": 512},
+                "optim": {"batch_size": 8},
+                "device": "cpu",
+            },
+            "sizes": ["tiny", "2m"],
+            "s_total": [20, 200],
+            "bits": [2, 4, 16],
+            "fractions": [0, 0.1, 0.25, 0.5, 0.75, 1],
+            "schedules": ["fused", "standard"],
+        }
+    )
     st = Store(d / "s.db")
     st.register(expand(spec), "r", d / "root", version="v")
     os.environ["COQAT_FAKE_DELAY"] = "0"
@@ -55,9 +76,21 @@ def test_refine_argmin():
 def test_measured_fstar_endpoints_count_for_both_schedules():
     recs = []
     for f, s in [(0.0, "standard"), (0.3, "fused"), (0.3, "standard"), (1.0, "standard")]:
-        recs.append({"size": "x", "N": 1e6, "D_total": 1e8, "D_fp": (1 - f) * 1e8,
-                     "D_qat": f * 1e8, "bits": 4.0, "f": f, "loss": 3 + (f - 0.35) ** 2,
-                     "schedule": s, "seed": 0.0, "f_requested": f})
+        recs.append(
+            {
+                "size": "x",
+                "N": 1e6,
+                "D_total": 1e8,
+                "D_fp": (1 - f) * 1e8,
+                "D_qat": f * 1e8,
+                "bits": 4.0,
+                "f": f,
+                "loss": 3 + (f - 0.35) ** 2,
+                "schedule": s,
+                "seed": 0.0,
+                "f_requested": f,
+            }
+        )
     fs = {x["schedule"]: x for x in measured_fstar(recs)}
     assert set(fs) == {"fused", "standard"}
     assert fs["fused"]["f_star"] == pytest.approx(0.35)
@@ -82,15 +115,16 @@ def test_report_from_store_with_law(fake_store, tmp_path):
     d = law.to_json()
     rng = np.random.default_rng(0)
     d["bootstrap"] = {
-        "n_boot": 5, "level": 0.9,
-        "samples": [[v * (1 + 0.01 * rng.standard_normal()) for v in LAW_PARAMS.values()]
-                    for _ in range(5)],
+        "n_boot": 5,
+        "level": 0.9,
+        "samples": [
+            [v * (1 + 0.01 * rng.standard_normal()) for v in LAW_PARAMS.values()] for _ in range(5)
+        ],
     }
     (tmp_path / "law.json").write_text(json.dumps(d))
     out = build_report(tmp_path / "rep", store=fake_store / "s.db", law=tmp_path / "law.json")
     html = _check_html(out)
-    for name in ("loss_vs_fraction", "fstar_vs_S", "pred_vs_measured", "fusion",
-                 "memory_frontier"):
+    for name in ("loss_vs_fraction", "fstar_vs_S", "pred_vs_measured", "fusion", "memory_frontier"):
         assert (tmp_path / "rep" / f"{name}.png").stat().st_size > 1000
         assert f"alt='{name}.png'" in html
     assert html.count("data:image/png;base64,") == 5
@@ -106,9 +140,67 @@ def test_report_from_exported_file_without_law(fake_store, tmp_path):
 
     with Store(fake_store / "s.db") as st:
         st.export(tmp_path / "runs.parquet")
-    rc = main(["report", "--runs", str(tmp_path / "runs.parquet"), "--out", str(tmp_path / "o"),
-               "--law", str(tmp_path / "missing.json")])
+    rc = main(
+        [
+            "report",
+            "--runs",
+            str(tmp_path / "runs.parquet"),
+            "--out",
+            str(tmp_path / "o"),
+            "--law",
+            str(tmp_path / "missing.json"),
+        ]
+    )
     assert rc == 0
     html = _check_html(tmp_path / "o" / "report.html")
     assert html.count("data:image/png;base64,") == 4  # no predicted-vs-measured without a law
     assert "could not load" in html
+
+
+def test_variant_of_keeps_knobs_and_drops_axes():
+    from coqat.config import to_dict
+    from coqat.sweep.keys import variant_of
+    from coqat.train.config import RunConfig
+
+    base = to_dict(RunConfig())
+    assert variant_of(base) == ""
+    axes = json.loads(json.dumps(base))
+    axes["qat"] |= {"bits": 2.0, "fraction": 0.3, "schedule": "standard"}
+    axes |= {"tokens": 123, "seed": 7, "size": "7m"}
+    assert variant_of(axes) == ""  # grid axes are not a variant
+    knob = json.loads(json.dumps(base))
+    knob["qat"]["cooldown"] = 0.1
+    knob["optim"]["lr"] = 1e-3
+    assert variant_of(knob) == "optim.lr=0.001,qat.cooldown=0.1"
+    old = json.loads(json.dumps(base))
+    del old["compile_mode"]  # a config written before a field existed: filled with the default
+    assert variant_of(old) == ""
+
+
+def test_knob_runs_are_kept_apart_from_the_main_grid():
+    from coqat.sweep.report import fusion_pairs, label_variants
+
+    def rec(f, sched, variant, loss):
+        return {
+            "size": "2m",
+            "N": 1e6,
+            "D_total": 1e8,
+            "D_fp": (1 - f) * 1e8,
+            "D_qat": f * 1e8,
+            "bits": 4.0,
+            "f": f,
+            "f_requested": f,
+            "loss": loss,
+            "schedule": sched,
+            "seed": 0.0,
+            "variant": variant,
+        }
+
+    recs = [rec(f, "fused", "", 3 + f) for f in (0.0, 0.2, 0.5, 1.0)]
+    recs += [rec(0.2, "standard", "", 3.5), rec(0.2, "fused", "qat.cooldown=0.1", 9.0)]
+    recs = label_variants(recs)
+    assert {r["size"] for r in recs} == {"2m", "2m [qat.cooldown=0.1]"}
+    (pair,) = fusion_pairs(recs)  # the standard run pairs with the default fused run only
+    assert pair["loss_fused"] == pytest.approx(3.2)
+    fs = {(x["size"], x["schedule"]) for x in measured_fstar(recs)}
+    assert ("2m", "fused") in fs and not any("[" in s for s, _ in fs)

@@ -90,19 +90,23 @@ class FractionClosedForm:
 
     def fit_runs(self, runs: Any, loss: str = "mae", min_fractions: int = 3) -> FractionClosedForm:
         """Refit from a runs table: f* = grid argmin of loss within each (N, D, bits) group of
-        quantized runs with at least ``min_fractions`` distinct fractions (as the paper did)."""
+        quantized runs with at least ``min_fractions`` distinct fractions (as the paper did).
+        Where the table has ``schedule``, ``seed`` or ``variant`` columns (a store export does),
+        they split the groups too: one curve never mixes schedules, seeds or knob settings."""
         from coqat import __version__
         from coqat.law.base import make_provenance
         from coqat.law.optimum import measured_optimum
 
-        q = runs.bits < 16
-        keys = np.stack([runs.N, np.round(runs.D, -3), runs.bits], axis=1)[q]
-        f, L, S = runs.f[q], runs.loss[q], runs.S_total[q]
-        uniq, inv = np.unique(keys, axis=0, return_inverse=True)
-        inv = inv.ravel()
+        q = np.flatnonzero(runs.bits < 16)
+        extra = [c for c in ("schedule", "seed", "variant") if c in runs.columns]
+        cols = [runs.N, np.round(runs.D, -3), runs.bits] + [runs[c] for c in extra]
+        groups: dict[tuple, list[int]] = {}
+        for i in q:
+            groups.setdefault(tuple(str(c[i]) for c in cols), []).append(int(i))
+        f, L, S = runs.f, runs.loss, runs.S_total
         Ss, fs = [], []
-        for g in range(len(uniq)):
-            m = inv == g
+        for idx in groups.values():
+            m = np.array(idx)
             if len(np.unique(f[m])) >= min_fractions:
                 i = np.argmin(L[m])
                 Ss.append(S[m][i])

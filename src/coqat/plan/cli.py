@@ -67,6 +67,11 @@ def add_parser(subparsers: Any) -> None:
         "--holdout", help="held-out check: largest-N, largest-S, heldout or EXPR such as 'N>=5e7'"
     )
     f.add_argument(
+        "--where",
+        help="fit only the rows matching COLUMN OP VALUE conditions joined by & (numbers or "
+        "text), e.g. 'schedule==fused & variant== & S_total>=40'",
+    )
+    f.add_argument(
         "--compare",
         action="store_true",
         help="compare all loss laws (in-sample, held-out, AIC/BIC)",
@@ -314,8 +319,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from coqat.plan import save_default
 
     runs = Runs.from_any(args.runs)
+    if args.where:
+        runs = runs.where(args.where)
+        if len(runs) == 0:
+            from coqat.errors import ConfigError
+
+            raise ConfigError("where", f"{args.where!r} matches no run of {args.runs}")
     cls = LAW_CHOICES[args.law]
-    summary: dict[str, Any] = {"runs": args.runs, "n_runs": len(runs), "law": args.law}
+    summary: dict[str, Any] = {"runs": args.runs, "n_runs": len(runs), "law": args.law,
+                               "where": args.where}
     if args.law == "closed-form":
         law = cls().fit_runs(runs)
         summary["params"] = law.params_

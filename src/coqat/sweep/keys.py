@@ -67,3 +67,47 @@ def trunk_key(cfg, version: str | None = None, dhash: str | None = None) -> str:
     dhash = data_hash(cfg.data.path) if dhash is None else dhash
     parts = trunk_identity(_pathless(cfg))
     return "t" + config_hash(parts, version, dhash, length=15)
+
+
+# grid axes and settings that do not change what is trained: left out of a run's variant
+_NOT_VARIANT = ("size", "model.", "tokens", "seed", "qat.bits", "qat.fraction", "qat.schedule",
+                "data.path", "eval_every", "checkpoint_every", "device", "compile", "precision")
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _variant_cached(config_json: str) -> str:
+    from coqat.config import from_dict, to_dict
+    from coqat.train.config import RunConfig
+
+    raw = json.loads(config_json)
+    try:  # fill fields that an older config lacks with their defaults
+        full = _flat(to_dict(from_dict(RunConfig, raw)))
+    except Exception:  # noqa: BLE001 - a config of another schema: compare it as it is
+        full = _flat(raw)
+    default = _flat(to_dict(RunConfig()))
+    keep = {
+        k: v
+        for k, v in full.items()
+        if not any(k == a or (a.endswith(".") and k.startswith(a)) for a in _NOT_VARIANT)
+        and default.get(k) != v
+    }
+    return ",".join(f"{k}={keep[k]}" for k in sorted(keep))
+
+
+def variant_of(config: dict | str) -> str:
+    """The training settings of a run beyond its grid axes (size, tokens, bits, fraction,
+    schedule, seed) that differ from RunConfig's defaults, as ``key=value,...`` ('' = all
+    default). Runs of one curve or pair must share it: a knob study's runs do not."""
+    blob = config if isinstance(config, str) else json.dumps(config, sort_keys=True)
+    return _variant_cached(blob)
+

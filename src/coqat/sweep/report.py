@@ -99,7 +99,33 @@ def load_records(store: str | Path | None = None, runs: str | Path | None = None
         r["heldout"] = str(hv).strip().lower() in ("1", "true", "yes", "1.0")
         if math.isfinite(r.get("loss", float("nan"))):
             out.append(r)
-    return out
+    return label_variants(out)
+
+
+def _parse_variant(v: str) -> dict[str, str]:
+    return dict(x.split("=", 1) for x in v.split(",") if "=" in x)
+
+
+def label_variants(records: list[dict]) -> list[dict]:
+    """Keep runs of different training settings apart. Runs carry ``variant`` (settings beyond
+    the grid axes, from the store export); per size, runs whose variant differs from the most
+    common one get those differences appended to their ``size`` label (e.g. ``2m
+    [qat.cooldown=0.1]``), so that curves, f*, fusion pairs and tables never mix them."""
+    from collections import Counter
+
+    by_size: dict[str, Counter] = defaultdict(Counter)
+    for r in records:
+        by_size[r["size"]][str(r.get("variant") or "")] += 1
+    for r in records:
+        v = str(r.get("variant") or "")
+        main = by_size[r["size"]].most_common(1)[0][0]
+        if v == main:
+            continue
+        a, b = _parse_variant(main), _parse_variant(v)
+        diff = [f"{k}={b[k]}" for k in sorted(b) if a.get(k) != b[k]]
+        diff += [f"{k}=default" for k in sorted(a) if k not in b]
+        r["size"] = f"{r['size']} [{','.join(diff)}]"
+    return records
 
 
 # ----------------------------------------------------------------------------------- law adapter

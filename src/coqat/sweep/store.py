@@ -686,6 +686,8 @@ class Store:
         """Flat records for the law fitter: ``N, D_fp, D_qat, bits, loss, cluster`` first, then
         every other column (NaN for missing numbers) and the scalar fields of the result record
         that have no column of their own."""
+        from coqat.sweep.keys import variant_of
+
         out = []
         sweeps_of: dict[str, list[str]] = {}
         for s, k in self.db.execute("SELECT sweep, key FROM sweep_runs"):
@@ -721,6 +723,7 @@ class Store:
                     if k not in rec and (v is None or isinstance(v, int | float | str | bool)):
                         rec[k] = v
             rec["config"] = row["config"]
+            rec["variant"] = variant_of(row["config"]) if row["config"] else ""
             out.append(rec)
         return out
 
