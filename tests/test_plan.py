@@ -283,3 +283,17 @@ def test_cli_cold_start_subprocess():
         assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["plan"]["f_opt"] == pytest.approx(0.2808, abs=1e-4)
     assert best < 1.0  # the bench asserts the 0.5 s target; CI machines vary
+
+
+def test_shipped_reference_law_by_name():
+    from coqat.errors import ConfigError
+    from coqat.plan import load_law, optimal_fraction, shipped_laws
+
+    assert {"default", "reference-linux-c"} <= set(shipped_laws())
+    law = load_law("reference-linux-c")
+    assert type(law).__name__ == "QATLaw" and law.provenance["n_runs"] == 98
+    assert "reference experiment" in law.provenance["source"]
+    o = optimal_fraction(law, 6.9e6, 1.38e8, 2.0, level=None)
+    assert 0.0 < o["f_opt"] < 1.0  # measured f* there: 0.60
+    with pytest.raises(ConfigError, match="shipped law"):
+        load_law("no-such-law")

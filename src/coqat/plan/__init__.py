@@ -43,10 +43,27 @@ def default_law() -> Any:
     return load_law(p)
 
 
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "law" / "defaults"
+
+
+def shipped_laws() -> list[str]:
+    """Names of the law JSON files shipped with coqat (``coqat plan --law NAME``)."""
+    return sorted(p.stem for p in SHIPPED_DIR.glob("*.json"))
+
+
 def load_law(path: str | Path) -> Any:
+    """A law from a JSON path, or from the name of a shipped law (``reference-linux-c``:
+    the reference experiment's small-scale QATLaw fit; ``default``: the default law)."""
     from coqat.law.base import load_law as _load
 
-    return _load(path)
+    p = Path(path)
+    if not p.is_file() and (SHIPPED_DIR / f"{path}.json").is_file():
+        p = SHIPPED_DIR / f"{path}.json"
+    if not p.is_file():
+        raise ConfigError(
+            "law", f"{str(path)!r} is neither a law JSON file nor a shipped law {shipped_laws()}"
+        )
+    return _load(p)
 
 
 def save_default(law: Any, path: str | Path | None = None) -> Path:

@@ -24,7 +24,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--params", "-N", help="total parameter count N (e.g. 30M, 2.2B)")
     p.add_argument("--tokens", "-D", help="total training tokens D = D_fp + D_qat")
     p.add_argument("--bits", "-B", default="4", help="QAT bit width (default 4)")
-    p.add_argument("--law", help="law JSON from `coqat fit` (default: the shipped default law)")
+    p.add_argument(
+        "--law",
+        help="law JSON from `coqat fit`, or a shipped law by name: reference-linux-c (the "
+        "reference experiment's fit, 1.9-6.9M parameters) or default (the default law)",
+    )
     p.add_argument(
         "--memory", help="weight-memory budget: compare bit widths (needs --tokens or --flops)"
     )
