@@ -228,3 +228,14 @@ def test_qat_beats_ptq_at_4_bits(tiny_data, tmp_path):
     cfg = tiny_run_config(tiny_data, **{"qat.fraction": 0.3, "qat.bits": 4, "tokens": 8 * 32 * 80})
     r = execute(cfg, tmp_path / "q")
     assert r["loss"] < r["loss_ptq"], r
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead", "max-autotune-no-cudagraphs"])
+def test_compiled_forward_loss_options_are_accepted(mode):
+    """torch.compile checks inductor option names when the wrapper is built (no compilation
+    happens here): the size-assert switch and each mode's own options must be valid."""
+    from coqat.train.run import _COMPILED, compiled_forward_loss
+
+    _COMPILED.pop(mode, None)
+    fn = compiled_forward_loss(mode)
+    assert callable(fn) and compiled_forward_loss(mode) is fn

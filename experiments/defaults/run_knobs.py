@@ -54,6 +54,21 @@ STUDY: list[tuple[str, str, list[str], tuple[int, ...]]] = [
     ("qat.cooldown (4b, fused)", "0.1", [*FUSED, "qat.cooldown=0.1"], S2),
     ("qat.cooldown (4b, fused)", "0.2", FUSED, S2),
     ("qat.cooldown (4b, fused)", "0.4", [*FUSED, "qat.cooldown=0.4"], S2),
+    ("qat.cooldown (4b, fused)", "1.0", [*FUSED, "qat.cooldown=1.0"], S2),
+    # the same at a small QAT fraction, where a QAT-phase cooldown is a short decay (session 2)
+    ("qat.cooldown (4b, fused, f=0.1)", "0.2", [*FUSED, "qat.fraction=0.1"], S2),
+    (
+        "qat.cooldown (4b, fused, f=0.1)",
+        "0.4",
+        [*FUSED, "qat.fraction=0.1", "qat.cooldown=0.4"],
+        S2,
+    ),
+    (
+        "qat.cooldown (4b, fused, f=0.1)",
+        "1.0",
+        [*FUSED, "qat.fraction=0.1", "qat.cooldown=1.0"],
+        S2,
+    ),
     # QAT peak lr relative to the FP peak (fused)
     ("qat.lr_ratio (4b, fused)", "0.3", [*FUSED, "qat.lr_ratio=0.3"], S2),
     ("qat.lr_ratio (4b, fused)", "1.0", FUSED, S2),

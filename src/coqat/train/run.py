@@ -84,12 +84,15 @@ def compiled_forward_loss(mode: str = "default"):
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         if hasattr(torch._dynamo.config, "recompile_limit"):
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        import torch._inductor.config as inductor_config
         from torch._inductor import list_mode_options
 
         # the mode's own inductor options, without the generated code's per-call size/stride
         # asserts (dynamo's guards already check the inputs): less host time per step, which a
         # small model's short GPU step cannot hide; assertions only, so no numbers change
-        options = {**list_mode_options(mode), "size_asserts": False}
+        options = dict(list_mode_options(mode))
+        if hasattr(inductor_config, "size_asserts"):
+            options["size_asserts"] = False
         _COMPILED[mode] = torch.compile(_forward_loss, options=options)
     return _COMPILED[mode]
 
