@@ -239,3 +239,20 @@ def test_compiled_forward_loss_options_are_accepted(mode):
     _COMPILED.pop(mode, None)
     fn = compiled_forward_loss(mode)
     assert callable(fn) and compiled_forward_loss(mode) is fn
+
+
+@pytest.mark.parametrize("f", [0.1, 0.5])
+def test_qat_cooldown_of_total(tiny_data, f):
+    """qat.cooldown_of = total: the decay spans qat.cooldown of the whole run, capped at the QAT
+    phase, instead of a fraction of the QAT phase that shrinks with f."""
+    over = {"qat.fraction": f, "qat.cooldown": 0.2, "tokens": 8 * 32 * 100}
+    plan_q, lr_q = _lrs(tiny_run_config(tiny_data, **over))
+    plan, lr_t = _lrs(tiny_run_config(tiny_data, **over, **{"qat.cooldown_of": "total"}))
+    # 20% of the 100 steps, at most the QAT phase (vs 20% of the QAT phase)
+    assert plan.steps - plan.qat_cooldown_start == min(plan.qat_steps, 20)
+    assert plan_q.steps - plan_q.qat_cooldown_start == round(0.2 * plan.qat_steps)
+    tail = lr_t[plan.qat_cooldown_start :]
+    assert all(a > b for a, b in zip(tail, tail[1:]))
+    assert all(v == 1.0 for v in lr_t[plan.qat_start : plan.qat_cooldown_start])
+    with pytest.raises(ConfigError, match="qat.cooldown_of"):
+        tiny_run_config(tiny_data, **{"qat.cooldown_of": "phase"})

@@ -128,9 +128,10 @@ SLICES = {
             },
         ],
     },
-    # next session, first: is the short QAT cooldown what costs small fractions? The whole QAT
-    # phase as the decay (qat.cooldown = 1, the paper's "decay during QAT") against the slices'
-    # 0.2, on the same trunks (same call), 2 seeds; and 6 bits, where f = 0.1 lost to PTQ
+    # next session, first: is the short QAT cooldown what costs small fractions? The decay as
+    # 20% of the whole run (qat.cooldown_of = total: the FP cooldown's length, moved into QAT)
+    # and over the whole QAT phase (qat.cooldown = 1), against the slices' 20% of the QAT phase,
+    # on shared trunks (same call), 2 seeds; and 6 bits, where f = 0.1 lost to PTQ
     "s5": {
         "lr_sweep": {},
         "lr": {"2m": 3e-3},
@@ -141,7 +142,6 @@ SLICES = {
                 "s_total": (80,),
                 "fractions": (0.1, 0.2, 0.6),
                 "seeds": (0, 1),
-                "overrides": {"qat.cooldown": 1.0},
             },
             {
                 "size": "2m",
@@ -149,13 +149,23 @@ SLICES = {
                 "s_total": (80,),
                 "fractions": (0.1, 0.2, 0.6),
                 "seeds": (0, 1),
+                "overrides": {"qat.cooldown_of": "total"},
             },
+            {
+                "size": "2m",
+                "bits": 4,
+                "s_total": (80,),
+                "fractions": (0.1, 0.2),
+                "seeds": (0, 1),
+                "overrides": {"qat.cooldown": 1.0},
+            },
+            {"size": "2m", "bits": 6, "s_total": (80,), "fractions": (0.0, 0.1, 0.2)},
             {
                 "size": "2m",
                 "bits": 6,
                 "s_total": (80,),
                 "fractions": (0.1, 0.2),
-                "overrides": {"qat.cooldown": 1.0},
+                "overrides": {"qat.cooldown_of": "total"},
             },
         ],
     },

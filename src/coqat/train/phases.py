@@ -12,9 +12,10 @@ is the same whether a run is trained alone or branched from a shared trunk:
 * FP trunk: linear warmup over ``schedule.warmup x D_total`` then the peak, forever.
 * standard: the FP phase cools down over its last ``schedule.cooldown`` fraction; QAT rewarms
   over ``qat.rewarmup`` of its phase to ``qat.lr_ratio`` x peak, stays, then cools down over its
-  last ``qat.cooldown`` fraction.
+  last ``qat.cooldown`` fraction (of the QAT phase, or with ``qat.cooldown_of = total`` of
+  the whole run, capped at the QAT phase).
 * fused: the FP phase is the trunk itself (no cooldown); QAT continues at ``qat.lr_ratio`` x peak
-  and cools down over its last ``qat.cooldown`` fraction.
+  and cools down over its last ``qat.cooldown`` fraction (same basis as above).
 * f = 0: FP with the standard cooldown at the end, then PTQ. f = 1: QAT from scratch with the
   FP warmup and the QAT cooldown.
 * schedule.kind = cosine: every decay is a cosine over its whole phase instead (no stable part).
@@ -86,7 +87,8 @@ def plan_phases(cfg: RunConfig) -> PhasePlan:
     else:
         fp_cd = fp_steps - int(round(cfg.schedule.cooldown * fp_steps))
     fp_cd = max(min(fp_cd, fp_steps), min(warmup, fp_steps))
-    qat_cd = steps - int(round(q.cooldown * qat_steps))
+    basis = steps if q.cooldown_of == "total" else qat_steps
+    qat_cd = steps - min(qat_steps, int(round(q.cooldown * basis)))
     if kind == "cosine":
         qat_cd = fp_steps
     return PhasePlan(
