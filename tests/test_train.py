@@ -256,3 +256,26 @@ def test_qat_cooldown_of_total(tiny_data, f):
     assert all(v == 1.0 for v in lr_t[plan.qat_start : plan.qat_cooldown_start])
     with pytest.raises(ConfigError, match="qat.cooldown_of"):
         tiny_run_config(tiny_data, **{"qat.cooldown_of": "phase"})
+
+
+@pytest.mark.parametrize("carry", [True, False])
+def test_quantizer_scales_have_no_weight_decay(tiny_data, carry):
+    """Scales (and norms) sit in the no-decay group, matrices in the decay group, whether QAT
+    keeps the FP optimizer (scales appended) or starts a fresh one; every parameter once."""
+    from coqat.train.run import Trainer
+
+    cfg = tiny_run_config(tiny_data, **{"qat.carry_optimizer": carry})
+    tr = Trainer(cfg)
+    tr.train_step()
+    tr.enter_qat()
+    tr.train_step()
+    wd = {id(p): g["weight_decay"] for g in tr.optimizer.param_groups for p in g["params"]}
+    names = dict(tr.model.named_parameters())
+    assert len(wd) == len(names) == sum(len(g["params"]) for g in tr.optimizer.param_groups)
+    for n, p in names.items():
+        if "weight_quantizer" in n or p.ndim < 2:
+            assert wd[id(p)] == 0.0, n
+        else:
+            assert wd[id(p)] == cfg.optim.weight_decay > 0, n
+    assert any("weight_quantizer" in n for n in names)
+    assert tr._trainable() == list(tr.model.parameters())  # the cached list follows prepare
