@@ -297,3 +297,26 @@ def test_shipped_reference_law_by_name():
     assert 0.0 < o["f_opt"] < 1.0  # measured f* there: 0.60
     with pytest.raises(ConfigError, match="shipped law"):
         load_law("no-such-law")
+
+
+def test_memory_budget_with_embedding_bits():
+    """With the embedding's size given, its parameters count at max(B, 4) bits: every row's
+    weights fill the budget exactly, and low bit widths get fewer parameters than N B/8 gives."""
+    from coqat.errors import ConfigError
+    from coqat.plan import best_under_memory, load_law
+
+    law = load_law("reference-linux-c")
+    mem, emb = 2.2e6, 3.1e6
+    plain = {r["bits"]: r for r in best_under_memory(law, mem, tokens=1.5e8, level=None)}
+    real = {
+        r["bits"]: r
+        for r in best_under_memory(law, mem, tokens=1.5e8, level=None, embed_params=emb)
+    }
+    assert plain[2.0]["N"] == pytest.approx(mem * 8 / 2)
+    for b, r in real.items():
+        assert r["weight_bytes"] == pytest.approx(mem)
+        assert r["N"] == pytest.approx(emb + (mem * 8 - emb * max(b, 4.0)) / b)
+    assert real[1.0]["N"] < plain[1.0]["N"] and real[4.0]["N"] == pytest.approx(plain[4.0]["N"])
+    assert 8.0 not in real  # the embedding alone needs 3.1 MB at 8 bits
+    with pytest.raises(ConfigError, match="memory"):
+        best_under_memory(law, 1e6, tokens=1.5e8, level=None, embed_params=emb)

@@ -32,6 +32,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--memory", help="weight-memory budget: compare bit widths (needs --tokens or --flops)"
     )
+    p.add_argument(
+        "--embedding-params",
+        help="with --memory: parameters of the tied embedding (e.g. 4.2M), stored at max(B, 4) "
+        "bits as coqat does; default 0 = every parameter at B bits (the paper's N B/8)",
+    )
     p.add_argument("--flops", help="training compute budget C; D = C / (6 N)")
     p.add_argument(
         "--compare-fp", action="store_true", help="size of the FP model with the same loss"
@@ -140,7 +145,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         fl = parse_number(args.flops, "flops") if args.flops else None
         out["memory"] = {
             "memory_bytes": mem,
-            "rows": best_under_memory(law, mem, tokens=tok, flops=fl, level=level),
+            "rows": best_under_memory(
+                law,
+                mem,
+                tokens=tok,
+                flops=fl,
+                level=level,
+                embed_params=parse_number(args.embedding_params, "embedding-params")
+                if args.embedding_params
+                else 0.0,
+            ),
         }
     if args.params is not None:
         N = parse_number(args.params, "params")
@@ -330,8 +344,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
             raise ConfigError("where", f"{args.where!r} matches no run of {args.runs}")
     cls = LAW_CHOICES[args.law]
-    summary: dict[str, Any] = {"runs": args.runs, "n_runs": len(runs), "law": args.law,
-                               "where": args.where}
+    summary: dict[str, Any] = {
+        "runs": args.runs,
+        "n_runs": len(runs),
+        "law": args.law,
+        "where": args.where,
+    }
     if args.law == "closed-form":
         law = cls().fit_runs(runs)
         summary["params"] = law.params_

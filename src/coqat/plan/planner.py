@@ -218,27 +218,39 @@ def best_under_memory(
     bits: Any = DEFAULT_BITS,
     *,
     level: float | None = 0.9,
+    embed_params: float = 0.0,
+    embed_min_bits: float = 4.0,
 ) -> list[dict[str, Any]]:
     """Compare bit widths under a weight-memory budget.
 
-    For each B: ``N = memory_bytes * 8 / B`` (every parameter, embeddings included, counted at B
-    bits: a simple budget), ``D = tokens`` or ``D = flops / (6 N)``, the optimal fraction and the
-    predicted loss. Rows sorted best (lowest loss) first; with the closed form only, rows carry
-    f_hat and are sorted by bits (no loss ranking possible).
+    For each B: the largest N whose weights fit, ``D = tokens`` or ``D = flops / (6 N)``, the
+    optimal fraction and the predicted loss. With ``embed_params = 0`` every parameter counts at
+    B bits (``N = memory_bytes * 8 / B``, the paper's N B/8 convention); with the size of the
+    (tied) embedding, those parameters count at ``max(B, embed_min_bits)`` bits, as coqat stores
+    them (``qat.embed_bits = auto``), and N = embedding + what the rest of the budget holds.
+    Rows sorted best (lowest loss) first; with the closed form only, rows carry f_hat and are
+    sorted by bits (no loss ranking possible).
     """
     mem = _pos(memory_bytes, "memory")
     if (tokens is None) == (flops is None):
         raise ConfigError("tokens", "give exactly one of tokens or flops")
+    if not embed_params >= 0:
+        raise ConfigError("embed_params", f"must be >= 0, got {embed_params!r}")
     rows = []
     for B in bits:
         b = _qbits(B)
-        N = mem * 8.0 / b
+        eb = max(b, float(embed_min_bits))
+        rest = mem * 8.0 - embed_params * eb
+        if rest <= 0:  # the embedding alone does not fit at this width
+            continue
+        N = embed_params + rest / b
         D = _pos(tokens, "tokens") if tokens is not None else _pos(flops, "flops") / (6.0 * N)
         r = optimal_fraction(law, N, D, b, level=level)
         rows.append(
             {
                 "bits": b,
                 "N": N,
+                "weight_bytes": (N - embed_params) * b / 8 + embed_params * eb / 8,
                 "D": D,
                 "S_total": r["S_total"],
                 "f_opt": r["f_opt"],
@@ -246,6 +258,12 @@ def best_under_memory(
                 "loss_opt_ci": r.get("loss_opt_ci"),
                 "warnings": r["warnings"],
             }
+        )
+    if not rows:
+        raise ConfigError(
+            "memory",
+            f"{mem:.3g} bytes do not hold the embedding ({embed_params:.3g} parameters at >= "
+            f"{embed_min_bits:g} bits) at any of the bit widths {list(bits)}",
         )
     if any(r["loss_opt"] is not None for r in rows):
         rows.sort(key=lambda r: (r["loss_opt"] is None, r["loss_opt"] or 0.0))
