@@ -257,36 +257,64 @@ class Runs:
     def is_fp(self) -> np.ndarray:
         return self.bits >= 16
 
-    def where(self, expr: str) -> Runs:
-        """Rows matching ``expr``: conditions ``column OP value`` joined by ``&``, OP one of
-        ==, !=, >=, <=, >, <; numbers compare as numbers, anything else as text (an empty value
-        matches empty cells), e.g. ``"schedule==fused & variant== & S_total>=40"``."""
+    def mask(self, expr: str, field: str = "where") -> np.ndarray:
+        """Boolean mask of the rows matching ``expr``: conditions ``column OP value`` joined by
+        ``&``, OP one of ==, !=, >=, <=, >, <. Numeric values (``5e7``, ``30M``) compare as
+        numbers (== and != with a relative tolerance), anything else as text, where an empty
+        value matches empty cells: ``"schedule==fused & variant== & S_total>=40"``. Any column
+        or derived quantity (D, f, S_total, S_fp, S_qat, compute). Errors name ``field``."""
         import operator
         import re
 
-        ops = {"==": operator.eq, "!=": operator.ne, ">=": operator.ge, "<=": operator.le,
-               ">": operator.gt, "<": operator.lt}
+        from coqat.plan.units import parse_number
+
+        ops = {
+            "==": np.isclose,
+            "!=": lambda a, b: ~np.isclose(a, b),
+            ">=": operator.ge,
+            "<=": operator.le,
+            ">": operator.gt,
+            "<": operator.lt,
+        }
         m = np.ones(len(self), bool)
-        for part in expr.split("&"):
+        for part in str(expr).split("&"):
             mt = re.fullmatch(r"\s*([A-Za-z_][\w.]*)\s*(==|!=|>=|<=|>|<)\s*(.*?)\s*", part)
             if not mt:
-                raise ConfigError("where", f"cannot parse {part.strip()!r}; use COLUMN OP VALUE "
-                                  f"with OP in {list(ops)}, joined by &")
+                raise ConfigError(
+                    field,
+                    f"cannot parse {part.strip()!r}; use COLUMN OP VALUE "
+                    f"with OP in {list(ops)}, joined by &",
+                )
             col, op, val = mt.group(1), mt.group(2), mt.group(3).strip("'\"")
-            if col not in self._c and col not in ("D", "f", "S_total", "S_fp", "S_qat"):
-                raise ConfigError("where", f"unknown column {col!r}; columns: {self.columns}")
-            x = self[col]
             try:
-                v = float(val)
+                x = self[col]
+            except ConfigError:
+                raise ConfigError(
+                    field,
+                    f"unknown column {col!r}; columns: {self.columns} and "
+                    "D, f, S_total, S_fp, S_qat, compute",
+                ) from None
+            try:
+                v = parse_number(val, field)
                 xs = np.asarray(x, dtype=float)
-            except (TypeError, ValueError):
+            except (ConfigError, TypeError, ValueError):
                 if op not in ("==", "!="):
-                    raise ConfigError("where", f"{part.strip()!r}: {op} needs a number") from None
-                v = val
-                xs = np.array(["" if y is None or (isinstance(y, float) and np.isnan(y))
-                               else str(y) for y in x], dtype=object)
+                    raise ConfigError(field, f"{part.strip()!r}: {op} needs a number") from None
+                xs = np.array(
+                    [
+                        "" if y is None or (isinstance(y, float) and np.isnan(y)) else str(y)
+                        for y in x
+                    ],
+                    dtype=object,
+                )
+                m &= (xs == val) if op == "==" else (xs != val)
+                continue
             m &= np.asarray(ops[op](xs, v), bool)
-        return self.filter(m)
+        return m
+
+    def where(self, expr: str) -> Runs:
+        """The rows matching ``expr`` (see :meth:`mask`)."""
+        return self.filter(self.mask(expr))
 
     def filter(self, mask: Any) -> Runs:
         m = np.asarray(mask)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -12,16 +11,6 @@ from coqat.errors import ConfigError
 from coqat.law.fit import metrics
 from coqat.law.runs import Runs
 
-_OPS = {
-    ">=": np.greater_equal,
-    "<=": np.less_equal,
-    "==": np.isclose,
-    "!=": lambda a, b: ~np.isclose(a, b),
-    ">": np.greater,
-    "<": np.less,
-}
-_FIELDS = ("N", "D", "D_fp", "D_qat", "f", "bits", "S_total", "S_fp", "S_qat", "loss", "compute")
-_COND = re.compile(r"^\s*([A-Za-z_]+)\s*(>=|<=|==|!=|>|<)\s*([^\s&]+)\s*$")
 RULES = ("largest-N", "largest-S", "heldout", "EXPR such as 'N>=5e7' or 'N>=5e7 & bits==4'")
 
 
@@ -32,8 +21,8 @@ def holdout_mask(runs: Runs, rule: Any) -> np.ndarray:
     * ``"largest-S"``: quantized runs in the top decile of S_total (at least one), plus FP runs
       with D above the largest D of the remaining runs;
     * ``"heldout"``: the table's ``heldout`` column;
-    * an expression ``FIELD OP NUMBER [& ...]`` (fields: N, D, D_fp, D_qat, f, bits, S_total, S_fp,
-      S_qat, loss, compute; numbers accept k/M/B/T suffixes);
+    * an expression ``COLUMN OP VALUE [& ...]`` (:meth:`Runs.mask`: any column or N, D, f,
+      S_total, S_fp, S_qat, compute; numbers accept k/M/B/T suffixes);
     * a callable ``fn(runs) -> bool mask``.
     """
     if callable(rule):
@@ -51,20 +40,8 @@ def holdout_mask(runs: Runs, rule: Any) -> np.ndarray:
             m = S >= np.quantile(S, 0.9)
     elif rule == "heldout":
         m = runs.heldout.astype(bool)
-    elif isinstance(rule, str):
-        m = np.ones(len(runs), bool)
-        for part in rule.split("&"):
-            mt = _COND.match(part)
-            if not mt or mt.group(1) not in _FIELDS:
-                raise ConfigError(
-                    "holdout",
-                    f"cannot parse {part.strip()!r}; allowed rules: "
-                    f"{list(RULES)}; fields: {list(_FIELDS)}",
-                )
-            from coqat.plan.units import parse_number
-
-            val = parse_number(mt.group(3), "holdout")
-            m &= _OPS[mt.group(2)](runs[mt.group(1)], val)
+    elif isinstance(rule, str):  # an expression such as "N>=5e7 & bits==4" (Runs.mask)
+        m = runs.mask(rule, field="holdout")
     else:
         raise ConfigError("holdout", f"{rule!r} is not allowed; choose one of {list(RULES)}")
     if m.shape != (len(runs),):
