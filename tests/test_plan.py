@@ -234,6 +234,27 @@ def test_cli_fit_then_plan(tmp_path, capsys):
     assert (tmp_path / "p.png").stat().st_size > 1000
     assert main(["fit", str(csv), "--law", "closed-form", "--out", str(tmp_path / "c.json")]) == 0
     capsys.readouterr()
+    out = tmp_path / "s.json"
+    assert (
+        main(
+            [
+                "fit",
+                str(csv),
+                "--law",
+                "closed-form",
+                "--where",
+                "bits<16",
+                "--source",
+                "my sweep",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    prov = json.loads(out.read_text())["provenance"]
+    assert prov["source"] == "my sweep" and "--where 'bits<16'" in prov["command"]
+    capsys.readouterr()
 
 
 def test_cli_refuses_non_converged_default(tmp_path, capsys, monkeypatch):

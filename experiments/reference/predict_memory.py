@@ -2,9 +2,9 @@
 
 At a fixed training budget of D = 151,453,696 tokens (2,311 steps of 65,536) and at most 2.2 MB
 of weights (N B / 8), which (size, bit width) of the ladder gives the lowest loss? The law fitted
-on sessions 1-2 (law-qat.json) predicts each candidate's loss at its own optimal QAT fraction,
-with bootstrap CIs; the runs that check it are slice ``s6`` of run_slice.py (4m at 4 bits is
-already measured: the 4m 4-bit S=80 grid has this D).
+on sessions 1-2 (the shipped law ``reference-linux-c``) predicts each candidate's loss at its own
+optimal QAT fraction, with bootstrap CIs; the runs that check it are slice ``s6`` of
+run_slice.py (4m at 4 bits is already measured: the 4m 4-bit S=80 grid has this D).
 
     python experiments/reference/predict_memory.py   # -> predictions/memory-budget.json
 """
@@ -26,11 +26,10 @@ def main() -> None:
     target = HERE / "predictions" / "memory-budget.json"
     if target.exists() and "--force" not in sys.argv:
         raise SystemExit(f"{target} exists (a prediction recorded before the runs); --force")
-    from coqat.law import load_law
     from coqat.model.config import ladder, param_counts
-    from coqat.plan import optimal_fraction
+    from coqat.plan import load_law, optimal_fraction
 
-    law = load_law(HERE / "law-qat.json")
+    law = load_law("reference-linux-c")
     rows = []
     for size, bits in CANDIDATES:
         N = param_counts(ladder(size, vocab_size=8192, seq_len=512)).total
@@ -53,7 +52,7 @@ def main() -> None:
     out = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "D_total": D,
-        "law": "experiments/reference/law-qat.json",
+        "law": "reference-linux-c (src/coqat/law/defaults/reference-linux-c.json)",
         "candidates": rows,
         "predicted_best": best["size"],
     }

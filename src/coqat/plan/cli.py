@@ -76,6 +76,11 @@ def add_parser(subparsers: Any) -> None:
         "--holdout", help="held-out check: largest-N, largest-S, heldout or EXPR such as 'N>=5e7'"
     )
     f.add_argument(
+        "--source",
+        help="text recorded as the law's provenance source (what it was fitted on), shown by "
+        "`coqat plan`",
+    )
+    f.add_argument(
         "--where",
         help="fit only the rows matching COLUMN OP VALUE conditions joined by & (numbers or "
         "text), e.g. 'schedule==fused & variant== & S_total>=40'",
@@ -330,6 +335,20 @@ def _plot(
 
 
 # ---------------------------------------------------------------------------------------------
+def _fit_command(args: argparse.Namespace) -> str:
+    """The `coqat fit` command line that reproduces this fit (from the parsed options)."""
+    import shlex
+
+    parts = ["coqat", "fit", args.runs, "--law", args.law]
+    for opt in ("where", "bootstrap", "jobs", "holdout", "restarts", "seed", "out", "source"):
+        v = getattr(args, opt, None)
+        if v not in (None, "", 0, False):
+            parts += [f"--{opt}", str(v)]
+    if args.compare:
+        parts.append("--compare")
+    return shlex.join(parts)
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     import json
 
@@ -394,6 +413,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
             n_restarts=args.restarts,
             seed=args.seed,
         )
+    if args.source:
+        law.provenance["source"] = args.source
+        law.provenance["command"] = _fit_command(args)
     law.save(args.out)
     summary["out"] = args.out
     summary["converged"] = law.converged
