@@ -772,12 +772,25 @@ def slice_logs(paths: list[Path] | None = None) -> dict[str, dict[str, Any]]:
     return out
 
 
-def single_process_speed(bench: list[dict[str, Any]]) -> dict[str, float]:
-    """Bench tokens/s per size (4-bit QAT rows; FP where no 4-bit row), for the efficiency ratio."""
-    out: dict[str, float] = {}
-    for r in sorted(bench, key=lambda r: r["bits"] != 4.0):
-        out.setdefault(r["size"], r["tokens_per_s"])
-    return out
+def bench_speed(bench: list[dict[str, Any]], size: str) -> float:
+    """Single-process tokens/s of a ladder size on the H200: its bench row (4-bit QAT, else FP),
+    or for an unbenchmarked size MFU interpolated in log N (4-bit rows) x 790 TFLOP/s / its
+    FLOPs per token. The one speed model of the efficiency ratio and the device-time plan."""
+    from coqat.model.config import flops_per_token, ladder, param_counts
+
+    rows = sorted((r for r in bench if r["size"] == size), key=lambda r: r["bits"] != 4.0)
+    if rows:
+        return float(rows[0]["tokens_per_s"])
+    b4 = sorted((r for r in bench if r["bits"] == 4.0), key=lambda r: r["params"])
+    cfg = ladder(size, seq_len=512, vocab_size=8192)
+    mfu = float(
+        np.interp(
+            np.log(param_counts(cfg).total),
+            np.log([r["params"] for r in b4]),
+            [r["mfu"] for r in b4],
+        )
+    )
+    return mfu * PEAK_TFLOPS * 1e12 / flops_per_token(cfg)
 
 
 def gpu_time(records: list[dict[str, Any]], bench: list[dict[str, Any]]) -> dict[str, Any]:
@@ -785,13 +798,12 @@ def gpu_time(records: list[dict[str, Any]], bench: list[dict[str, Any]]) -> dict
     once, to its latest branch) and the single-process-equivalent time of those tokens at the
     benchmarked speed of their size (sizes without a bench row: interpolated in log N);
     efficiency = equivalent time / slice wall (compilation, evaluation, idle tails included)."""
-    speed = single_process_speed(bench)
-    known = sorted((r["params"], speed[r["size"]]) for r in bench if r["size"] in speed)
-    lnN = np.log([k[0] for k in known])
-    lnv = np.log([k[1] for k in known])
+    speeds: dict[str, float] = {}
 
     def tps(r: dict[str, Any]) -> float:
-        return speed.get(r["size"]) or float(np.exp(np.interp(np.log(r["N"]), lnN, lnv)))
+        if r["size"] not in speeds:
+            speeds[r["size"]] = bench_speed(bench, r["size"])
+        return speeds[r["size"]]
 
     logs = slice_logs()
     per: dict[str, dict[str, Any]] = {}
@@ -852,14 +864,10 @@ def next_session_plan(
     """Device-time estimate per (size, bits, S_total) grid of 7 fused fractions: tokens =
     ``fractions_tokens`` x D (the trunk to the f = 0.1 branch, 0.9 D, plus the private parts:
     0.2 D cooldown for f = 0 and f x D for each other f: 3.3 D), at the benchmarked 4-bit QAT
-    throughput (batch 256) times ``efficiency`` (slice tokens / bench-equivalent time, measured
-    with 4 concurrent workers in session 2).
-    Untested sizes: tokens/s = MFU x 790 TFLOP/s / FLOPs-per-token, MFU interpolated in log N."""
-    from coqat.model.config import flops_per_token, ladder, param_counts
+    throughput (batch 256, ``bench_speed``) times ``efficiency`` (slice tokens / bench-equivalent
+    time, measured with 4 concurrent workers in session 2)."""
+    from coqat.model.config import ladder, param_counts
 
-    b4 = sorted((r for r in bench if r["bits"] == 4.0), key=lambda r: r["params"])
-    lnN = np.log([r["params"] for r in b4])
-    mfu = np.array([r["mfu"] for r in b4])
     out = []
     plan = [  # what the law still lacks after session 2, in order of value
         ("4m", (4, 2), (320,)),
@@ -873,8 +881,7 @@ def next_session_plan(
     for size, bits_list, S_list in plan:
         cfg = ladder(size, seq_len=512, vocab_size=8192)
         N = param_counts(cfg).total
-        m = float(np.interp(np.log(N), lnN, mfu))
-        tps = m * PEAK_TFLOPS * 1e12 / flops_per_token(cfg)
+        tps = bench_speed(bench, size)
         for b in bits_list:
             for S in S_list:
                 D = S * N * b / 8
