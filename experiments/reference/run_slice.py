@@ -11,6 +11,7 @@ the reference store with ``python experiments/reference/ingest.py``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -336,19 +337,13 @@ def slice_units(sl: dict) -> list[dict]:
     return units
 
 
-# single-process training tokens/s on the H200 (bench/README.md, 4-bit QAT; 4m and 12m
-# interpolated), used only to plan slices (--estimate)
-BENCH_TOKENS_PER_S = {
-    "tiny": 2e7,
-    "2m": 9.4e6,
-    "4m": 7.2e6,
-    "7m": 5.3e6,
-    "12m": 3.6e6,
-    "17m": 2.65e6,
-    "30m": 1.84e6,
-    "50m": 1.2e6,
-    "90m": 6.5e5,
-}
+@functools.cache
+def bench_tokens_per_s(size: str) -> float:
+    """Single-process H200 tokens/s of a ladder size (the committed bench results, through
+    analyze.bench_speed), used only to plan slices (--estimate, --eff)."""
+    from analyze import bench_speed, bench_throughput
+
+    return bench_speed(bench_throughput(), size)
 
 
 def unit_tokens(u: dict, sl: dict, data: str = "/tmp/linux") -> int:
@@ -368,7 +363,7 @@ def estimate(sl: dict, efficiency: float = 0.5) -> None:
     total = 0.0
     for u in slice_units(sl):
         tok = unit_tokens(u, sl)
-        sec = tok / (efficiency * BENCH_TOKENS_PER_S[u["size"]])
+        sec = tok / (efficiency * bench_tokens_per_s(u["size"]))
         total += sec
         desc = {k: v for k, v in u.items() if k not in ("id", "kind")}
         if u["kind"] == "grid":
@@ -478,7 +473,7 @@ def run_units(args, sl: dict, out: Path, work: Path, t_start: float) -> None:
 
     def fits(tokens: int, size: str) -> bool:
         """Whether ``tokens`` of ``size`` would end before the budget, at the assumed speed."""
-        eta = tokens / (args.eff * BENCH_TOKENS_PER_S[size])
+        eta = tokens / (args.eff * bench_tokens_per_s(size))
         return time.time() - t_start + eta <= args.budget_s
 
     def claim(name: str) -> bool:
