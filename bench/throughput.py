@@ -80,6 +80,7 @@ def measure(
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     tokens = steps * batch * seq_len
+    host_ms = host_time(tr, min(steps, 20)) if cuda else None
     fpt = flops_per_token(cfg.model)
     kernels = profile_kernels(tr, profile) if profile and cuda else None
     return {
@@ -93,11 +94,30 @@ def measure(
         "tokens_per_s": tokens / dt,
         "step_ms": 1000 * dt / steps,
         "warmup_s": compile_s,
+        "host_ms_per_step": host_ms,
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "model_tflops": fpt * tokens / dt / 1e12,
         "final_loss": float(loss),
         **({"profile": kernels} if kernels is not None else {}),
     }
+
+
+def host_time(tr, steps: int) -> float:
+    """Median host time of one step launched onto an idle GPU (synchronised before each step,
+    not after): the CPU work per step. Above the GPU kernel time per step, the run is host-bound;
+    close to the whole step time, something in the step waits for the GPU."""
+    import statistics
+
+    import torch
+
+    times = []
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        tr.train_step()
+        times.append(1000 * (time.perf_counter() - t0))
+    torch.cuda.synchronize()
+    return statistics.median(times)
 
 
 def profile_kernels(tr, steps: int, top: int = 12) -> dict:

@@ -183,6 +183,18 @@ SLICES = {
             {"size": "17m", "bits": 1, "tokens": 151_453_696, "fractions": (0.25, 0.65)},
         ],
     },
+    # session 3, call 1: the LR sweeps the next grids need (17m; 12m at 6e-3, its optimum was
+    # at the edge), s5 (the QAT decay question), then the 12m memory-budget candidate, which
+    # waits for its sweep in this call
+    "s7": {
+        "lr_sweep": {"17m": (1.5e-3, 3e-3), "12m": (6e-3,)},
+        "lr_sweep_tokens_per_param": 10,
+        "lr_prior": {  # session 2's 12m sweep at the same 10 tokens per parameter
+            "12m": {3.75e-4: 1.4254, 7.5e-4: 1.3297, 1.5e-3: 1.3033, 3e-3: 1.2937},
+        },
+        "lr": {"2m": 3e-3, "7m": 1.5e-3},
+        "grids": [],  # s5's grids, then s6's 12m candidate (set below SLICES)
+    },
     # (session 1's plan for the next session; superseded by s3 below)
     "s3-draft": {
         "lr_sweep": {},
@@ -301,6 +313,8 @@ SLICES = {
         ],
     },
 }
+
+SLICES["s7"]["grids"] = SLICES["s5"]["grids"] + SLICES["s6"]["grids"][1:2]
 
 
 def _merge(a: dict, b: dict) -> dict:
