@@ -22,10 +22,30 @@ BASE = {
     "model": {"seq_len": 512, "vocab_size": 8192},
     "optim": {"batch_size": 128, "lr": 3e-3},
     "schedule": {"warmup": 0.02, "cooldown": 0.2},
-    "qat": {"cooldown": 0.2, "schedule": "fused"},
+    # sessions 1-2: the fused QAT decay is 20% of the QAT phase ("decay-qat")
+    "qat": {"cooldown": 0.2, "cooldown_of": "qat", "schedule": "fused"},
 }
 
 FRACTIONS = (0.0, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+# from session 3 (slice s7 showed it; README 4.): the fused decay is 20% of the whole run, as
+# long as the FP run's own cooldown, capped at the QAT phase ("decay-total"); finer at small f,
+# where the optimum moved
+DECAY_TOTAL = {"qat.cooldown_of": "total"}
+FRACTIONS_V2 = (0.0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)
+
+
+def v2(size: str, bits: float, *s_total: float, **extra) -> dict:
+    """A decay-total grid over FRACTIONS_V2."""
+    return {
+        "size": size,
+        "bits": bits,
+        "s_total": s_total,
+        "fractions": FRACTIONS_V2,
+        "overrides": DECAY_TOTAL,
+        **extra,
+    }
+
 
 SLICES = {
     # a CPU smoke test of this script (tests/test_run_slice.py; data with a vocabulary <= 512)
@@ -195,6 +215,25 @@ SLICES = {
         "lr": {"2m": 3e-3, "7m": 1.5e-3},
         "grids": [],  # s5's grids, then s6's 12m candidate (set below SLICES)
     },
+    # session 3, call 2: the memory-budget candidates (decay-qat, as predicted; 17m at the lr of
+    # the s7 sweep, 1.5e-3 < 3e-3), then decay-total grids at 2m
+    "s8": {
+        "lr_sweep": {},
+        "lr": {"2m": 3e-3, "7m": 1.5e-3, "12m": 3e-3, "17m": 1.5e-3},
+        "grids": [],  # s6's three candidates, then the grids below (set below SLICES)
+    },
+    # session 3, call 3: decay-total grids at 4m and 7m
+    "s9": {
+        "lr_sweep": {},
+        "lr": {"4m": 1.5e-3, "7m": 1.5e-3},
+        "grids": [
+            v2("7m", 2, 80),
+            v2("4m", 4, 80),
+            v2("4m", 2, 80),
+            v2("7m", 1, 80),
+            v2("4m", 1, 80, 320),
+        ],
+    },
     # (session 1's plan for the next session; superseded by s3 below)
     "s3-draft": {
         "lr_sweep": {},
@@ -315,6 +354,14 @@ SLICES = {
 }
 
 SLICES["s7"]["grids"] = SLICES["s5"]["grids"] + SLICES["s6"]["grids"][1:2]
+SLICES["s8"]["grids"] = SLICES["s6"]["grids"][::-1] + [
+    v2("2m", 4, 80),
+    v2("2m", 2, 80),
+    v2("2m", 1, 80),
+    v2("2m", 2, 320),
+    v2("2m", 6, 80),
+    v2("2m", 1, 320),
+]
 
 
 def _merge(a: dict, b: dict) -> dict:
