@@ -43,8 +43,7 @@ def v2(size: str, bits: float, *s_total: float, **extra) -> dict:
         "s_total": s_total,
         "fractions": FRACTIONS_V2,
         "overrides": DECAY_TOTAL,
-        **extra,
-    }
+    } | extra
 
 
 SLICES = {
@@ -222,16 +221,17 @@ SLICES = {
         "lr": {"2m": 3e-3, "7m": 1.5e-3, "12m": 3e-3, "17m": 1.5e-3},
         "grids": [],  # s6's three candidates, then the grids below (set below SLICES)
     },
-    # session 3, call 3: decay-total grids at 4m and 7m
+    # session 3, call 3: decay-total grids at 4m and 7m, trimmed to the device time left (a 7m
+    # worker ran at 0.19 x the bench in s8): no f = 0.05 / 0.8, and no f = 1 at 7m 2-bit
     "s9": {
         "lr_sweep": {},
         "lr": {"4m": 1.5e-3, "7m": 1.5e-3},
         "grids": [
-            v2("7m", 2, 80),
-            v2("4m", 4, 80),
-            v2("4m", 2, 80),
-            v2("7m", 1, 80),
-            v2("4m", 1, 80, 320),
+            v2("7m", 2, 80, fractions=(0.0, 0.1, 0.2, 0.3, 0.45, 0.6)),
+            v2("4m", 4, 80, fractions=(0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 1.0)),
+            v2("7m", 1, 80, fractions=(0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 1.0)),
+            v2("4m", 2, 80, fractions=(0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 1.0)),
+            v2("4m", 1, 80),
         ],
     },
     # (session 1's plan for the next session; superseded by s3 below)
