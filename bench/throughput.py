@@ -202,9 +202,11 @@ def main() -> None:
             r["mfu"] = r["model_tflops"] / args.peak
             rows.append(r)
             print(json.dumps(r), flush=True)
-    fp = {r["size"]: r["step_ms"] for r in rows if r["bits"] == 16}
+    fp: dict[str, float] = {}  # the latest FP step of each size: repeats pair in order
     for r in rows:
-        if r["bits"] != 16 and r["size"] in fp:
+        if r["bits"] == 16:
+            fp[r["size"]] = r["step_ms"]
+        elif r["size"] in fp:
             r["qat_step_over_fp"] = r["step_ms"] / fp[r["size"]]
     from coqat.provenance import git_commit
 
