@@ -64,6 +64,7 @@ def test_schedule_shapes(tiny_data):
             "qat.schedule": "standard",
             "qat.fraction": 0.5,
             "qat.cooldown": 0.2,
+            "qat.cooldown_of": "qat",  # 20% of the QAT phase (test_qat_cooldown_of_total: total)
             "tokens": 8 * 32 * 100,
         },
     )
@@ -75,7 +76,13 @@ def test_schedule_shapes(tiny_data):
     # QAT: rewarmup from low, stable, cooldown to ~0
     assert lr[50] < 0.6 and max(lr[50:]) == 1.0 and lr[-1] == pytest.approx(0.1)
     fused = tiny_run_config(
-        tiny_data, **{"qat.fraction": 0.5, "qat.cooldown": 0.2, "tokens": 8 * 32 * 100}
+        tiny_data,
+        **{
+            "qat.fraction": 0.5,
+            "qat.cooldown": 0.2,
+            "qat.cooldown_of": "qat",
+            "tokens": 8 * 32 * 100,
+        },
     )
     plan, lr = _lrs(fused)
     # fused: no FP cooldown, no rewarmup; the only decay is at the end of QAT
@@ -243,11 +250,12 @@ def test_compiled_forward_loss_options_are_accepted(mode):
 
 @pytest.mark.parametrize("f", [0.1, 0.5])
 def test_qat_cooldown_of_total(tiny_data, f):
-    """qat.cooldown_of = total: the decay spans qat.cooldown of the whole run, capped at the QAT
-    phase, instead of a fraction of the QAT phase that shrinks with f."""
+    """qat.cooldown_of = total (the default): the decay spans qat.cooldown of the whole run,
+    capped at the QAT phase, instead of a fraction of the QAT phase that shrinks with f."""
     over = {"qat.fraction": f, "qat.cooldown": 0.2, "tokens": 8 * 32 * 100}
-    plan_q, lr_q = _lrs(tiny_run_config(tiny_data, **over))
-    plan, lr_t = _lrs(tiny_run_config(tiny_data, **over, **{"qat.cooldown_of": "total"}))
+    plan_q, lr_q = _lrs(tiny_run_config(tiny_data, **over, **{"qat.cooldown_of": "qat"}))
+    plan, lr_t = _lrs(tiny_run_config(tiny_data, **over))
+    assert plan == plan_phases(tiny_run_config(tiny_data, **over, **{"qat.cooldown_of": "total"}))
     # 20% of the 100 steps, at most the QAT phase (vs 20% of the QAT phase)
     assert plan.steps - plan.qat_cooldown_start == min(plan.qat_steps, 20)
     assert plan_q.steps - plan_q.qat_cooldown_start == round(0.2 * plan.qat_steps)

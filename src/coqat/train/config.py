@@ -99,10 +99,11 @@ class QATConfig:
     schedule: Literal["fused", "standard"] = "fused"
     lr_ratio: float = 1.0  # QAT peak lr relative to the FP peak lr
     rewarmup: float = 0.05  # standard: warmup fraction of the QAT phase
-    cooldown: float = 0.4  # QAT cooldown length, as a fraction of ``cooldown_of``
-    # what qat.cooldown is a fraction of: the QAT phase, or the whole run (capped at the QAT
-    # phase; the FP cooldown's length, moved into QAT: the fused decay no longer shrinks with f)
-    cooldown_of: Literal["qat", "total"] = "qat"
+    cooldown: float = 0.2  # QAT cooldown length, as a fraction of ``cooldown_of``
+    # what qat.cooldown is a fraction of: the whole run (capped at the QAT phase; the FP
+    # cooldown's length, moved into QAT: the fused decay does not shrink with f), or the QAT
+    # phase (docs/train.md: the H200 measurement behind the default)
+    cooldown_of: Literal["qat", "total"] = "total"
     carry_optimizer: bool = True  # keep AdamW moments of the weights across the phase switch
     granularity: Literal["row", "group"] = "row"
     group_size: int = 128
