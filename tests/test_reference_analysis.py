@@ -83,14 +83,19 @@ def test_refined_stays_in_bracket_random(an):
             assert r["loss_refined"] <= loss[i] + 1e-12
 
 
-def _raw_full_grids() -> set[tuple]:
-    """(size, bits, D_total, seed) of fused default-knob groups with >= 6 fractions, read
-    straight from the committed result files (independently of analyze.py)."""
+def _raw_full_grids(decay: str) -> set[tuple]:
+    """(size, bits, D_total, seed) of fused default-knob groups of one decay basis with >= 6
+    fractions, read straight from the committed result files (independently of analyze.py)."""
     fr: dict[tuple, set] = {}
+    want = {} if decay == "qat" else {"qat.cooldown_of": decay}
     for p in sorted((REF / "results").glob("session*.jsonl")):
         for line in p.read_text().splitlines():
             r = json.loads(line)
-            if r["experiment"] == "grid" and r["schedule"] == "fused" and not r.get("overrides"):
+            if (
+                r["experiment"] == "grid"
+                and r["schedule"] == "fused"
+                and (r.get("overrides") or {}) == want
+            ):
                 k = (r["size"], float(r["bits"]), int(r["D_total"]), int(r["seed"]))
                 fr.setdefault(k, set()).add(round(r["f"], 3))
     return {k for k, v in fr.items() if len(v) >= 6}
@@ -119,6 +124,7 @@ def test_dedupe_keeps_complete_grid_and_fills_gaps(an):
         rec("b.jsonl", 3, 0.2, 1.2),
         rec("b.jsonl", 4, 0.4, 1.3),
         rec("b.jsonl", 5, 0.2, 9.0, overrides={"qat.cooldown": 0.4}),  # another group
+        rec("b.jsonl", 6, 0.2, 8.0, overrides={"qat.cooldown_of": "total"}),  # another decay
     ]
     kept, pairs = an.dedupe_grid(records)
     got = {(r["_file"], r["f"], r["loss"]) for r in kept}
@@ -129,14 +135,60 @@ def test_dedupe_keeps_complete_grid_and_fills_gaps(an):
         ("b.jsonl", 0.2, 1.2),
         ("b.jsonl", 0.4, 1.3),
         ("b.jsonl", 0.2, 9.0),
+        ("b.jsonl", 0.2, 8.0),
     }
     assert [(a["_file"], b["_file"]) for a, b in pairs] == [("a.jsonl", "b.jsonl")]
     assert len(an.main_grid(kept)) == 4
+    assert [r["loss"] for r in an.main_grid(kept, "total")] == [8.0]
 
 
-def test_summary_self_consistent(an, summary):
-    rows = summary["fstar"]
-    assert {(r["size"], r["bits"], r["D_total"], r["seed"]) for r in rows} == _raw_full_grids()
+def test_decay_is_an_axis_not_a_knob(an):
+    r = {"overrides": {"qat.cooldown_of": "total", "qat.cooldown": 1.0}}
+    assert an.decay_of(r) == "total" and an.knobs_of(r) == {"qat.cooldown": 1.0}
+    assert an.decay_of({"overrides": None}) == "qat" and an.overrides_key({}) == "{}"
+
+    def rec(file, f, loss, decay=None, seed=0):
+        ov = {"qat.cooldown_of": decay} if decay else None
+        return {
+            "experiment": "grid",
+            "size": "2m",
+            "bits": 4.0,
+            "D_total": 100,
+            "seed": seed,
+            "schedule": "fused",
+            "S_total": 80.0,
+            "steps": 10,
+            "f": f,
+            "loss": loss,
+            "loss_fp": 3.0,
+            "overrides": ov,
+            "_file": file,
+        }
+
+    records = [
+        rec("x.jsonl", 0.2, 2.0),
+        rec("x.jsonl", 0.2, 1.9, "total"),  # same call: a same-trunk pair, -0.1
+        rec("y.jsonl", 0.2, 2.1),
+        rec("z.jsonl", 0.4, 2.2, "total"),  # no decay-qat run at f = 0.4: unpaired
+        rec("z.jsonl", 0.0, 2.5, "total"),  # f = 0 does not depend on the decay: skipped
+        rec("w.jsonl", 0.2, 2.05, "total", seed=1),  # no seed-1 decay-qat run: unpaired
+    ]
+    out = an.decay_comparison(records)
+    assert [(x["file"], x["qat_file"], round(x["diff"], 6)) for x in out["rows"]] == [
+        ("x.jsonl", "x.jsonl", -0.1)
+    ]
+    assert out["same_trunk"]["n"] == 1 and out["other_trunk"]["n"] == 0
+    records.append(rec("v.jsonl", 0.2, 2.3, "total"))  # another call: pairs across trunks
+    out = an.decay_comparison(records)
+    assert out["other_trunk"]["n"] == 1 and out["other_trunk"]["mean_diff"] > 0
+
+
+@pytest.mark.parametrize("decay", ["total", "qat"])
+def test_summary_self_consistent(an, summary, decay):
+    sec = summary["decay"][decay]
+    rows = sec["fstar"]
+    assert {(r["size"], r["bits"], r["D_total"], r["seed"]) for r in rows} == _raw_full_grids(decay)
+    assert rows and all(r["decay"] == decay for r in rows)
     for r in rows:
         assert 0.0 <= r["f_grid"] <= 1.0 and 0.0 <= r["f_refined"] <= 1.0
         assert abs(r["f_refined"] - r["f_grid"]) <= r["spacing"] + 1e-12
@@ -144,7 +196,7 @@ def test_summary_self_consistent(an, summary):
         assert r["regret_baseline"] >= 0 and r["regret_f_hat_paper"] >= -1e-12
         assert r["f_hat_paper"] == pytest.approx(math.exp(-6.7297 / math.log(r["S_total"])))
         assert r["loss_ptq"] == r["loss"][0]
-    cf = summary["closed_form"]
+    cf = sec["closed_form"]
     S = np.array([r["S_total"] for r in rows])
     fs = np.array([r["f_refined"] for r in rows])
     fhat = np.exp(-6.7297 / np.log(S))
@@ -176,20 +228,23 @@ def test_committed_summary_matches(an, summary):
     if not p.is_file():
         pytest.skip("summary.json not generated yet (python experiments/reference/analyze.py)")
     saved = json.loads(p.read_text())
-    for a, b in zip(saved["fstar"], summary["fstar"]):
-        assert a["f_refined"] == pytest.approx(b["f_refined"])
-        assert a["regret_baseline"] == pytest.approx(b["regret_baseline"])
-    for tag in ("all", "S_ge_40"):
-        assert saved["closed_form"][tag]["mae_paper"] == pytest.approx(
-            summary["closed_form"][tag]["mae_paper"]
-        )
-        assert saved["closed_form"][tag]["a_refit"] == pytest.approx(
-            summary["closed_form"][tag]["a_refit"], rel=1e-4
-        )
-    for q in saved.get("qat_law", {}).values():
-        if "error" not in q:
-            assert q["mae"] > 0 and 0 <= q["f_opt_mae"] <= 1
-            assert all(0 <= x["f_law"] <= 1 for x in q["f_opt"])
+    for d in ("total", "qat"):
+        old, new = saved["decay"][d], summary["decay"][d]
+        assert len(old["fstar"]) == len(new["fstar"])
+        for a, b in zip(old["fstar"], new["fstar"]):
+            assert a["f_refined"] == pytest.approx(b["f_refined"])
+            assert a["regret_baseline"] == pytest.approx(b["regret_baseline"])
+        for tag in ("all", "S_ge_40"):
+            assert old["closed_form"][tag]["mae_paper"] == pytest.approx(
+                new["closed_form"][tag]["mae_paper"]
+            )
+            assert old["closed_form"][tag]["a_refit"] == pytest.approx(
+                new["closed_form"][tag]["a_refit"], rel=1e-4
+            )
+        for q in old.get("qat_law", {}).values():
+            if "error" not in q:
+                assert q["mae"] > 0 and 0 <= q["f_opt_mae"] <= 1
+                assert all(0 <= x["f_law"] <= 1 for x in q["f_opt"])
 
 
 def test_fstar_intervals(an):

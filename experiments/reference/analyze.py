@@ -33,6 +33,11 @@ STEP_STARVED_S = 40.0  # S_total below this: <= 290 optimizer steps at 65,536 to
 BASELINE_F = 0.1  # the "10% rule"
 MIN_GRID_POINTS = 6  # fractions a group needs to enter the f* table
 HOLDOUT_S = "S_total>=300 & bits<16"  # within-size extrapolation: fit S <= 80, predict S = 320
+# The fused QAT decay: "qat" = 20% of the QAT phase (sessions 1-2, run_slice.BASE); "total" = 20%
+# of the whole run, capped at the QAT phase (session 3 on; the paper's fusion, coqat's default).
+# Runs carry it as the override qat.cooldown_of; it is an axis of its own, not a knob.
+DECAY_KEY = "qat.cooldown_of"
+DECAYS = ("total", "qat")
 
 
 # ---- loading ------------------------------------------------------------------------------------
@@ -50,9 +55,20 @@ def load_records(paths: list[Path] | None = None) -> list[dict[str, Any]]:
     return out
 
 
+def decay_of(r: dict[str, Any]) -> str:
+    """The run's fused-decay basis: "total" or "qat" (DECAY_KEY)."""
+    return str((r.get("overrides") or {}).get(DECAY_KEY, "qat"))
+
+
+def knobs_of(r: dict[str, Any]) -> dict[str, Any]:
+    """The run's knob overrides besides the decay basis."""
+    return {k: v for k, v in (r.get("overrides") or {}).items() if k != DECAY_KEY}
+
+
 def overrides_key(r: dict[str, Any]) -> str:
-    """The knob overrides of a run (``{}`` for the default schedule knobs), as a sortable key."""
-    return json.dumps(r.get("overrides") or {}, sort_keys=True)
+    """The knob overrides of a run (``{}`` for the default schedule knobs; the decay basis is not
+    a knob, see ``decay_of``), as a sortable key."""
+    return json.dumps(knobs_of(r), sort_keys=True)
 
 
 def grid_key(r: dict[str, Any]) -> tuple:
@@ -63,6 +79,7 @@ def grid_key(r: dict[str, Any]) -> tuple:
         r["schedule"],
         int(r["seed"]),
         overrides_key(r),
+        decay_of(r),
     )
 
 
@@ -105,9 +122,14 @@ def dedupe_grid(records: list[dict[str, Any]]) -> tuple[list[dict], list[tuple[d
     return sorted(kept.values(), key=lambda r: r["_order"]), pairs
 
 
-def main_grid(grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The fused-schedule runs at the default knobs (what the f* table and the laws use)."""
-    return [r for r in grid if r["schedule"] == "fused" and overrides_key(r) == "{}"]
+def main_grid(grid: list[dict[str, Any]], decay: str = "qat") -> list[dict[str, Any]]:
+    """The fused-schedule runs at the default knobs with the given decay basis (what the f*
+    table and the laws use)."""
+    return [
+        r
+        for r in grid
+        if r["schedule"] == "fused" and overrides_key(r) == "{}" and decay_of(r) == decay
+    ]
 
 
 # ---- the measured optimum -----------------------------------------------------------------------
@@ -154,13 +176,13 @@ def mae(a: Any, b: Any) -> float:
     return float(np.mean(np.abs(np.asarray(a, float) - np.asarray(b, float))))
 
 
-def fstar_table(grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (size, bits, D_total, seed) group of fused default-knob grid runs with at least
-    MIN_GRID_POINTS fractions."""
+def fstar_table(grid: list[dict[str, Any]], decay: str = "qat") -> list[dict[str, Any]]:
+    """One row per (size, bits, D_total, seed) group of fused default-knob grid runs of one decay
+    basis with at least MIN_GRID_POINTS fractions."""
     from coqat.law import PAPER_A
 
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in main_grid(grid):
+    for r in main_grid(grid, decay):
         groups[grid_key(r)].append(r)
     rows = []
     order = sorted(groups, key=lambda k: (groups[k][0]["N"], -k[1], k[2], k[3], k[4]))
@@ -184,6 +206,7 @@ def fstar_table(grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "D_total": k[2],
                 "schedule": k[3],
                 "seed": k[4],
+                "decay": decay,
                 "S_total": S,
                 "s_target": r0.get("s_target"),
                 "steps": steps,
@@ -373,6 +396,7 @@ def seed_replicate_grid(records: list[dict[str, Any]]) -> dict[str, Any]:
             and r["_file"].startswith("session2")
             and r["schedule"] == "fused"
             and overrides_key(r) == "{}"
+            and decay_of(r) == "qat"
             and r["size"] == "2m"
             and r["bits"] == 4.0
         ):
@@ -391,15 +415,20 @@ def _defaults_index(records: list[dict[str, Any]]) -> dict[tuple, list[dict]]:
     idx: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         if r["experiment"] == "grid" and r["schedule"] == "fused" and overrides_key(r) == "{}":
-            idx[(r["size"], r["bits"], r["D_total"], r["seed"], round(r["f"], 2))].append(r)
+            key = (r["size"], r["bits"], r["D_total"], r["seed"], round(r["f"], 2), decay_of(r))
+            idx[key].append(r)
     return idx
 
 
-def matching_default(r: dict[str, Any], idx: dict[tuple, list[dict]]) -> tuple[dict | None, bool]:
-    """The fused default-knob run with the same (size, bits, D, seed, f) as ``r``: from the same
-    call where one exists (both then branch from the same FP trunk checkpoint: a clean pair), else
-    from the same session, else any. Returns (run, same_call)."""
-    cands = idx.get((r["size"], r["bits"], r["D_total"], r["seed"], round(r["f"], 2)), [])
+def matching_default(
+    r: dict[str, Any], idx: dict[tuple, list[dict]], decay: str | None = None
+) -> tuple[dict | None, bool]:
+    """The fused default-knob run with the same (size, bits, D, seed, f) and decay basis (``r``'s,
+    or ``decay``) as ``r``: from the same call where one exists (both then branch from the same
+    FP trunk checkpoint: a clean pair), else from the same session, else any. Returns (run,
+    same_call)."""
+    key = (r["size"], r["bits"], r["D_total"], r["seed"], round(r["f"], 2), decay or decay_of(r))
+    cands = idx.get(key, [])
     same = [d for d in cands if d["_file"] == r["_file"]]
     sess = [d for d in cands if d["_file"].split("-")[0] == r["_file"].split("-")[0]]
     d = (same or sess or cands or [None])[-1]
@@ -447,7 +476,7 @@ def knob_comparison(grid: list[dict[str, Any]], records: list[dict[str, Any]]) -
     idx = _defaults_index(records)
     out = []
     for r in grid:
-        ov = r.get("overrides") or {}
+        ov = knobs_of(r)
         if not ov or r["schedule"] != "fused":
             continue
         d, same = matching_default(r, idx)
@@ -492,6 +521,56 @@ def knob_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 else None,
             }
         out.append(rec)
+    return out
+
+
+def decay_comparison(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The decay basis, paired: every fused default-knob run with decay "total" at 0 < f < 1
+    against the "qat"-decay run of the same (size, bits, D, seed, f), from the same call where
+    one exists (same FP trunk checkpoint: a clean pair), else from any other call (trunk-to-trunk
+    noise included). diff = total - qat (< 0: the decay over 20% of the run is better)."""
+    idx = _defaults_index(records)
+    rows = []
+    for r in records:
+        if (
+            r["experiment"] != "grid"
+            or r["schedule"] != "fused"
+            or overrides_key(r) != "{}"
+            or decay_of(r) != "total"
+            or not 0.0 < r["f"] < 1.0
+        ):
+            continue
+        q, same = matching_default(r, idx, decay="qat")
+        if q is None:
+            continue
+        rows.append(
+            {
+                "size": r["size"],
+                "bits": r["bits"],
+                "S_total": r["S_total"],
+                "steps": r["steps"],
+                "seed": r["seed"],
+                "f": r["f"],
+                "loss_total": r["loss"],
+                "loss_qat": q["loss"],
+                "diff": r["loss"] - q["loss"],
+                "same_trunk": same,
+                "file": r["_file"],
+                "qat_file": q["_file"],
+            }
+        )
+    out: dict[str, Any] = {"rows": rows}
+    for tag, sel in (
+        ("same_trunk", [x for x in rows if x["same_trunk"]]),
+        ("other_trunk", [x for x in rows if not x["same_trunk"]]),
+    ):
+        d = np.array([x["diff"] for x in sel])
+        out[tag] = {
+            "n": len(sel),
+            "mean_diff": float(d.mean()) if len(d) else None,
+            "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None,
+            "share_total_better": float(np.mean(d < 0)) if len(d) else None,
+        }
     return out
 
 
@@ -618,15 +697,21 @@ def _at_bounds(law) -> list[str]:
     return out
 
 
-def fit_qat_laws(grid: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """QATLaw fits on the fused default-knob runs of every size (all S; S >= 40), each with its
-    in-sample errors and its continuous optimal fraction per measured group vs the measured f*."""
+def fit_qat_laws(
+    grid: list[dict[str, Any]], rows: list[dict[str, Any]], decay: str = "qat"
+) -> dict[str, Any]:
+    """QATLaw fits on the fused default-knob runs of one decay basis, every size (all S; S >= 40;
+    only the latter where no run has S < 40), each with its in-sample errors and its continuous
+    optimal fraction per measured group vs the measured f*."""
     from coqat.law import QATLaw, fit_law
     from coqat.plan import optimal_fraction
 
     out = {}
-    for name, min_S in (("full_all_S", 0.0), ("full_S_ge_40", STEP_STARVED_S)):
-        runs = law_runs(main_grid(grid), min_S)
+    fits = [("full_all_S", 0.0), ("full_S_ge_40", STEP_STARVED_S)]
+    if all(r["S_total"] >= STEP_STARVED_S for r in main_grid(grid, decay)):
+        fits = fits[1:]
+    for name, min_S in fits:
+        runs = law_runs(main_grid(grid, decay), min_S)
         rec: dict[str, Any] = {"min_S": min_S, "n_runs_table": len(runs)}
         try:
             law = fit_law(QATLaw(), runs, seed=0)
@@ -680,20 +765,26 @@ def fit_qat_laws(grid: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict
 
 
 HOLDOUT_RULES = {
-    "largest_N": "largest-N",  # 7m held out: fit 2m + 4m
+    "largest_N": "largest-N",  # the largest size held out (decay qat: 17m, 2 memory-check runs)
     "largest_N_S_ge_40": "largest-N",  # the same without the step-starved S < 40 runs
+    "N_ge_7m": "N>=6e6",  # fit 2m + 4m, predict every larger size (7m; 12m, 17m at decay qat)
+    "N_ge_7m_S_ge_40": "N>=6e6",
     "within_S": HOLDOUT_S,  # fit S <= 80 (+ FP baselines), predict the quantized S = 320 runs
 }
 
 
-def compare_laws(grid: list[dict[str, Any]]) -> dict[str, Any]:
-    """The four loss laws on the same fused default-knob runs (PTQ runs dropped, since QATLaw
-    does not fit them): in-sample errors, and held-out errors under each rule of HOLDOUT_RULES."""
+def compare_laws(grid: list[dict[str, Any]], decay: str = "qat") -> dict[str, Any]:
+    """The four loss laws on the same fused default-knob runs of one decay basis (PTQ runs
+    dropped, since QATLaw does not fit them): in-sample errors, and held-out errors under each
+    rule of HOLDOUT_RULES (the S >= 40 variant only where some run has S < 40)."""
     from coqat.law import ChenQATLaw, KumarPrecisionLaw, PerBitChinchilla, QATLaw, compare
 
     out: dict[str, Any] = {}
+    has_low_S = any(r["S_total"] < STEP_STARVED_S for r in main_grid(grid, decay))
     for tag, rule in HOLDOUT_RULES.items():
-        runs = law_runs(main_grid(grid), STEP_STARVED_S if tag.endswith("S_ge_40") else 0.0)
+        if tag.endswith("S_ge_40") and not has_low_S:
+            continue
+        runs = law_runs(main_grid(grid, decay), STEP_STARVED_S if tag.endswith("S_ge_40") else 0.0)
         runs = runs.filter(~((runs.bits < 16) & (runs.D_qat <= 0)))
         out.setdefault("n_runs", len(runs))
         try:
@@ -918,17 +1009,9 @@ def plan_by_size(plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # ---- figures ------------------------------------------------------------------------------------
-def make_figures(summary: dict[str, Any], outdir: Path = FIGURES) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    outdir.mkdir(parents=True, exist_ok=True)
-    rows = summary["fstar"]
-    files = []
-    bits_list = sorted({r["bits"] for r in rows}, reverse=True)
-    law = summary.get("qat_law", {}).get("full_S_ge_40", {})
+def _loss_vs_f_figure(plt, sec: dict[str, Any], decay: str, path: Path) -> None:
+    rows = sec["fstar"]
+    law = sec.get("qat_law", {}).get("full_S_ge_40", {})
     ncol = 4
     nrow = -(-len(rows) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3.1 * nrow))
@@ -956,42 +1039,58 @@ def make_figures(summary: dict[str, Any], outdir: Path = FIGURES) -> list[str]:
         ax.set_ylabel("val loss", fontsize=8)
         if i == 0:
             ax.legend(fontsize=7)
-    fig.suptitle("final val loss of the quantized model vs f (f=0: PTQ, may be off-scale)")
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
-    p = outdir / "loss_vs_f.png"
-    fig.savefig(p, dpi=80)
+    what = "20% of the run" if decay == "total" else "20% of the QAT phase"
+    fig.suptitle(
+        f"final val loss of the quantized model vs f; fused decay over {what} "
+        "(f=0: PTQ, may be off-scale)"
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(path, dpi=80)
     plt.close(fig)
-    files.append(p.name)
 
-    cf = summary["closed_form"]
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+
+def make_figures(summary: dict[str, Any], outdir: Path = FIGURES) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for d in DECAYS:
+        p = outdir / f"loss_vs_f_decay-{d}.png"
+        _loss_vs_f_figure(plt, summary["decay"][d], d, p)
+        files.append(p.name)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.6))
     S = np.geomspace(10, 2000, 200)
-    ax.plot(S, closed_form(S, cf["paper_a"]), "k-", label=f"paper a={cf['paper_a']:.3f}")
-    ax.plot(
-        S, closed_form(S, cf["all"]["a_refit"]), "C3--", label=f"refit a={cf['all']['a_refit']:.3f}"
-    )
-    ax.plot(
-        S,
-        closed_form(S, cf["S_ge_40"]["a_refit"]),
-        "C2-.",
-        label=f"refit S>=40 a={cf['S_ge_40']['a_refit']:.3f}",
-    )
+    paper_a = summary["decay"]["total"]["closed_form"]["paper_a"]
+    ax.plot(S, closed_form(S, paper_a), "k-", label=f"paper a={paper_a:.3f}")
+    for d, ls in (("total", "C3--"), ("qat", "C7-.")):
+        a = summary["decay"][d]["closed_form"]["S_ge_40"]["a_refit"]
+        ax.plot(S, closed_form(S, a), ls, label=f"refit S>=40, decay {d}: a={a:.2f}")
     markers = {"2m": "o", "4m": "s", "7m": "^", "12m": "D", "17m": "v", "30m": "P"}
-    for k, b in enumerate(bits_list):
-        for size in sorted({r["size"] for r in rows}, key=lambda z: float(z[:-1])):
-            rr = [r for r in rows if r["bits"] == b and r["size"] == size]
-            if not rr:
-                continue
-            x = np.array([r["S_total"] for r in rr]) * (1 + 0.04 * (k - 1))
-            ax.errorbar(
-                x,
-                [r["f_refined"] for r in rr],
-                yerr=[r["spacing"] for r in rr],
-                fmt=markers.get(size, "o"),
-                color=f"C{k}",
-                capsize=3,
-                label=f"{size} {b:g}-bit",
-            )
+    all_rows = [r for d in DECAYS for r in summary["decay"][d]["fstar"]]
+    bits_list = sorted({r["bits"] for r in all_rows}, reverse=True)
+    for d in DECAYS:
+        rows = summary["decay"][d]["fstar"]
+        for k, b in enumerate(bits_list):
+            for size in sorted({r["size"] for r in rows}, key=lambda z: float(z[:-1])):
+                rr = [r for r in rows if r["bits"] == b and r["size"] == size]
+                if not rr:
+                    continue
+                x = np.array([r["S_total"] for r in rr]) * (1 + 0.04 * (k - 1))
+                ax.errorbar(
+                    x,
+                    [r["f_refined"] for r in rr],
+                    yerr=[r["spacing"] for r in rr],
+                    fmt=markers.get(size, "o"),
+                    color=f"C{k}",
+                    mfc=f"C{k}" if d == "total" else "none",
+                    alpha=1.0 if d == "total" else 0.45,
+                    capsize=3,
+                    label=f"{size} {b:g}-bit" if d == "total" else None,
+                )
     ax.axvspan(10, STEP_STARVED_S, color="0.9", zorder=0, label="S < 40 (2m: <= 290 steps)")
     ax.set_xscale("log")
     ax.set_xlim(10, 2000)
@@ -999,7 +1098,11 @@ def make_figures(summary: dict[str, Any], outdir: Path = FIGURES) -> list[str]:
     ax.set_xlabel("S_total = D / (N B/8)")
     ax.set_ylabel("optimal QAT fraction")
     ax.legend(fontsize=6, loc="lower right", ncol=2)
-    ax.set_title("measured f* (bars: grid spacing) vs the closed form", fontsize=9)
+    ax.set_title(
+        "measured f* (bars: grid spacing); filled: decay over 20% of the run,\n"
+        "hollow: 20% of the QAT phase (sessions 1-2)",
+        fontsize=9,
+    )
     fig.tight_layout()
     p = outdir / "fstar_vs_S.png"
     fig.savefig(p, dpi=90)
@@ -1023,18 +1126,12 @@ def make_figures(summary: dict[str, Any], outdir: Path = FIGURES) -> list[str]:
 
 
 # ---- driver -------------------------------------------------------------------------------------
-def analyze(with_laws: bool = True) -> dict[str, Any]:
-    records = load_records()
-    grid, pairs = dedupe_grid(records)
-    rows = fstar_table(grid)
-    bench = bench_throughput()
+def fstar_section(grid: list[dict[str, Any]], decay: str) -> dict[str, Any]:
+    """Questions 1 and 3 (measured side) for one decay basis: the f* table, the closed form's
+    error, bootstrap intervals, growth with S, f* across sizes, regrets."""
+    rows = fstar_table(grid, decay)
     big = [r for r in rows if r["S_total"] >= STEP_STARVED_S]
-    summary: dict[str, Any] = {
-        "inputs": sorted({r["_file"] for r in records}),
-        "n_records": len(records),
-        "n_grid_runs_used": len(grid),
-        "n_duplicate_grid_records": len(pairs),
-        "lr_sweep": lr_table(records),
+    return {
         "fstar": rows,
         "closed_form": closed_form_summary(rows),
         "fstar_intervals": fstar_intervals(rows),
@@ -1043,6 +1140,21 @@ def analyze(with_laws: bool = True) -> dict[str, Any]:
         "mean_regret_baseline": float(np.mean([r["regret_baseline"] for r in rows])),
         "mean_regret_baseline_S_ge_40": float(np.mean([r["regret_baseline"] for r in big])),
         "mean_regret_f_hat_paper_S_ge_40": float(np.mean([r["regret_f_hat_paper"] for r in big])),
+    }
+
+
+def analyze(with_laws: bool = True) -> dict[str, Any]:
+    records = load_records()
+    grid, pairs = dedupe_grid(records)
+    bench = bench_throughput()
+    summary: dict[str, Any] = {
+        "inputs": sorted({r["_file"] for r in records}),
+        "n_records": len(records),
+        "n_grid_runs_used": len(grid),
+        "n_duplicate_grid_records": len(pairs),
+        "lr_sweep": lr_table(records),
+        "decay": {d: fstar_section(grid, d) for d in DECAYS},
+        "decay_comparison": decay_comparison(records),
         "replicates": replicates(records, pairs),
         "seeds": seed_replicate_grid(records),
         "schedules": schedule_comparison(grid, records),
@@ -1062,8 +1174,10 @@ def analyze(with_laws: bool = True) -> dict[str, Any]:
     summary["next_plan"] = next_session_plan(bench, eff)
     summary["next_plan_by_size"] = plan_by_size(summary["next_plan"])
     if with_laws:
-        summary["qat_law"] = fit_qat_laws(grid, rows)
-        summary["law_comparison"] = compare_laws(grid)
+        for d in DECAYS:
+            sec = summary["decay"][d]
+            sec["qat_law"] = fit_qat_laws(grid, sec["fstar"], d)
+            sec["law_comparison"] = compare_laws(grid, d)
     return summary
 
 
@@ -1079,18 +1193,9 @@ def _jsonable(o: Any) -> Any:
     return o
 
 
-def print_tables(s: dict[str, Any]) -> None:
-    print("== LR sweep (FP, 10 tokens/param) ==")
-    for size, d in s["lr_sweep"].items():
-        cells = "  ".join(
-            f"lr {k}: {v:.4f}" for k, v in sorted(d["loss"].items(), key=lambda x: float(x[0]))
-        )
-        edge = " (at sweep edge)" if d["best_at_edge"] else ""
-        print(
-            f"{size:>4} D={d['D_total'] / 1e6:.1f}M steps={d['steps']}  {cells}  "
-            f"best {d['best_lr']:g}{edge}"
-        )
-    print("\n== measured f* (fused, seed 0) ==")
+def print_fstar(s: dict[str, Any], decay: str) -> None:
+    """The f* tables of one decay basis (``summary["decay"][decay]``)."""
+    print(f"\n== measured f* (fused, decay {decay}) ==")
     print(
         "size bits  S_tot   D(M)  steps  f*grid  f*ref  +-sp  f_hat  L(f*)   L(0.1)  regret10  "
         "L_PTQ   regret(f_hat)"
@@ -1125,7 +1230,7 @@ def print_tables(s: dict[str, Any]) -> None:
         + ", ".join(f"{k}: {v:.2f}" for k, v in sorted(fi["p_fstar_grows_S_ge_40"].items()))
     )
     cf = s["closed_form"]
-    print("\n== closed form MAE on refined f* ==")
+    print(f"\n== closed form MAE on refined f* (decay {decay}) ==")
     for tag in ("all", "S_ge_40"):
         c = cf[tag]
         print(
@@ -1133,14 +1238,87 @@ def print_tables(s: dict[str, Any]) -> None:
             f"refit a={c['a_refit']:.3f}: MAE {c['mae_refit_in_sample']:.3f} "
             f"(leave-one-out {c['mae_refit_loo']:.3f})"
         )
-    print("\n== does f* grow with S_total? ==")
+    print(f"\n== does f* grow with S_total? (decay {decay}) ==")
     for k, g in s["growth"].items():
         pts = ", ".join(f"S={x:.0f}: {y:.2f}" for x, y in zip(g["S_total"], g["f_refined"]))
         print(f"{k:>6}  {pts}   all S: {g['grows_all_S']}  S>=40: {g['grows_S_ge_40']}")
-    print("\n== f* at S=80 across sizes ==")
+    print(f"\n== f* at S=80 across sizes (decay {decay}) ==")
     for b, rs in s["fstar_across_sizes"].items():
         pts = ", ".join(f"{r['size']} ({r['steps']} st): {r['f_refined']:.2f}" for r in rs)
         print(f"{b}-bit  {pts}")
+
+
+def print_laws(s: dict[str, Any], decay: str) -> None:
+    """The law fits and comparisons of one decay basis."""
+    if "qat_law" in s:
+        print(f"\n== QATLaw fits (in-sample; decay {decay}) ==")
+        for name, q in s["qat_law"].items():
+            if "error" in q:
+                print(f"{name}: FAILED {q['error']}")
+                continue
+            print(
+                f"{name}: converged={q['converged']} n={q['n_fit']} k_free={q['k_free']} "
+                f"MAE={q['mae']:.4f} mean rel={q['mean_rel_err']:.4f} "
+                f"max rel={q['max_rel_err']:.4f} f_opt MAE vs f*={q['f_opt_mae']:.3f} "
+                f"measured regret of f_opt={q['mean_regret_measured']:.4f} "
+                f"at bounds={q['params_at_bounds']}"
+            )
+            print(
+                "   f_law/f*: "
+                + ", ".join(
+                    f"{x['size']} {x['bits']:g}b S{x['S_total']:.0f}: "
+                    f"{x['f_law']:.2f}/{x['f_measured']:.2f}"
+                    for x in q["f_opt"]
+                )
+            )
+        lc = s["law_comparison"]
+        for tag in HOLDOUT_RULES:
+            if tag not in lc:
+                continue
+            d = lc[tag]
+            print(
+                f"\n== law comparison {tag} (rule {d['rule']}; decay {decay}; PTQ runs dropped) =="
+            )
+            if "error" in d:
+                print("FAILED", d["error"])
+                continue
+            for r in d["rows"]:
+                print(
+                    f"{r['law']:>20s} k={r['k']:2d} conv={r['converged']} MAE={r['mae']:.4f} "
+                    f"rel={r['mean_rel_err']:.4f} AIC={r['aic']:.1f} | held-out rel "
+                    f"{r['heldout_mean_rel_err']:.4f} max {r['heldout_max_rel_err']:.4f} "
+                    f"(n={r['n_heldout']}) {r['note']}"
+                )
+
+
+def print_tables(s: dict[str, Any]) -> None:
+    print("== LR sweep (FP, 10 tokens/param) ==")
+    for size, d in s["lr_sweep"].items():
+        cells = "  ".join(
+            f"lr {k}: {v:.4f}" for k, v in sorted(d["loss"].items(), key=lambda x: float(x[0]))
+        )
+        edge = " (at sweep edge)" if d["best_at_edge"] else ""
+        print(
+            f"{size:>4} D={d['D_total'] / 1e6:.1f}M steps={d['steps']}  {cells}  "
+            f"best {d['best_lr']:g}{edge}"
+        )
+    for d in DECAYS:
+        print_fstar(s["decay"][d], d)
+    dc = s["decay_comparison"]
+    print("\n== decay basis, paired (total - qat; < 0: decay over 20% of the run better) ==")
+    for r in dc["rows"]:
+        print(
+            f"{r['size']} {r['bits']:g}b S={r['S_total']:.0f} seed {r['seed']} f={r['f']:.2f}: "
+            f"total {r['loss_total']:.4f} qat {r['loss_qat']:.4f} diff {r['diff']:+.4f} "
+            f"same_trunk={r['same_trunk']} ({r['file']} vs {r['qat_file']})"
+        )
+    for tag in ("same_trunk", "other_trunk"):
+        t = dc[tag]
+        if t["n"]:
+            print(
+                f"{tag}: n={t['n']} mean {t['mean_diff']:+.4f} (se {t['se'] or float('nan'):.4f}), "
+                f"total better in {t['share_total_better']:.0%}"
+            )
     sd = s["seeds"]
     print("\n== seeds (2m, 4-bit, S=80, session 2) ==")
     for r in sd["rows"]:
@@ -1200,41 +1378,9 @@ def print_tables(s: dict[str, Any]) -> None:
                 f"{r['f_opt']:.2f}; {meas}"
             )
         print(f"predicted best {mc['predicted_best']}, measured best {mc['measured_best']}")
-    if "qat_law" in s:
-        print("\n== QATLaw fits (in-sample) ==")
-        for name, q in s["qat_law"].items():
-            if "error" in q:
-                print(f"{name}: FAILED {q['error']}")
-                continue
-            print(
-                f"{name}: converged={q['converged']} n={q['n_fit']} k_free={q['k_free']} "
-                f"MAE={q['mae']:.4f} mean rel={q['mean_rel_err']:.4f} "
-                f"max rel={q['max_rel_err']:.4f} f_opt MAE vs f*={q['f_opt_mae']:.3f} "
-                f"measured regret of f_opt={q['mean_regret_measured']:.4f} "
-                f"at bounds={q['params_at_bounds']}"
-            )
-            print(
-                "   f_law/f*: "
-                + ", ".join(
-                    f"{x['size']} {x['bits']:g}b S{x['S_total']:.0f}: "
-                    f"{x['f_law']:.2f}/{x['f_measured']:.2f}"
-                    for x in q["f_opt"]
-                )
-            )
-        lc = s["law_comparison"]
-        for tag in HOLDOUT_RULES:
-            d = lc[tag]
-            print(f"\n== law comparison {tag} (rule {d['rule']}; PTQ runs dropped) ==")
-            if "error" in d:
-                print("FAILED", d["error"])
-                continue
-            for r in d["rows"]:
-                print(
-                    f"{r['law']:>20s} k={r['k']:2d} conv={r['converged']} MAE={r['mae']:.4f} "
-                    f"rel={r['mean_rel_err']:.4f} AIC={r['aic']:.1f} | held-out rel "
-                    f"{r['heldout_mean_rel_err']:.4f} max {r['heldout_max_rel_err']:.4f} "
-                    f"(n={r['n_heldout']}) {r['note']}"
-                )
+    for d in DECAYS:
+        if "qat_law" in s["decay"][d]:
+            print_laws(s["decay"][d], d)
     g = s["gpu_time"]
     print("\n== GPU time per slice ==")
     for k, v in g["per_slice"].items():
@@ -1257,14 +1403,21 @@ def print_tables(s: dict[str, Any]) -> None:
     print(f"total {sum(r['device_s'] for r in s['next_plan']) / 3600:.2f} h")
 
 
-def write_law_runs(path: Path = LAW_RUNS) -> int:
-    """The runs table of the S >= 40 law fits (fused default-knob runs, PTQ rows dropped, FP
-    baselines added; cluster = FP trunk) as CSV, for ``coqat fit``."""
+def law_runs_path(decay: str) -> Path:
+    return LAW_RUNS if decay == "qat" else LAW_RUNS.with_name(f"law_runs_{decay}.csv")
+
+
+def write_law_runs(decay: str = "qat") -> int:
+    """The runs table of the S >= 40 law fits of one decay basis (fused default-knob runs, PTQ
+    rows dropped, FP baselines added; cluster = FP trunk) as CSV, for ``coqat fit``:
+    ``law_runs.csv`` (decay "qat", sessions 1-2; the shipped reference law) and
+    ``law_runs_total.csv``."""
     import csv
 
+    path = law_runs_path(decay)
     records = load_records()
     grid, _ = dedupe_grid(records)
-    runs = law_runs(main_grid(grid), STEP_STARVED_S)
+    runs = law_runs(main_grid(grid, decay), STEP_STARVED_S)
     rows = [r for r in runs.to_records() if not (r["bits"] < 16 and r["D_qat"] <= 0)]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -1274,7 +1427,8 @@ def write_law_runs(path: Path = LAW_RUNS) -> int:
 
 
 def main() -> None:
-    print(f"wrote {write_law_runs()} runs to {LAW_RUNS.relative_to(ROOT)}")
+    for d in DECAYS:
+        print(f"wrote {write_law_runs(d)} runs to {law_runs_path(d).relative_to(ROOT)}")
     s = analyze()
     s["figures"] = make_figures(s)
     SUMMARY.write_text(json.dumps(_jsonable(s), indent=1) + "\n")

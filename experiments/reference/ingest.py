@@ -23,6 +23,7 @@ sys.path.insert(0, str(HERE))
 SESSION_VERSION = {
     "session1": "0.1.0+session1-2026-11-29",
     "session2": "0.1.0+session2-2026-11-29",
+    "session3": "0.1.0+session3-2026-11-29",
 }
 
 
