@@ -560,9 +560,13 @@ def decay_comparison(records: list[dict[str, Any]]) -> dict[str, Any]:
             }
         )
     out: dict[str, Any] = {"rows": rows}
+    other = [x for x in rows if not x["same_trunk"]]
+    long_other = [x for x in other if x["steps"] >= 1000]  # cross-call noise <= 0.02 there
     for tag, sel in (
         ("same_trunk", [x for x in rows if x["same_trunk"]]),
-        ("other_trunk", [x for x in rows if not x["same_trunk"]]),
+        ("other_trunk", other),
+        ("other_trunk_ge_1000_steps_f_le_0.2", [x for x in long_other if x["f"] <= 0.25]),
+        ("other_trunk_ge_1000_steps_f_ge_0.6", [x for x in long_other if x["f"] >= 0.55]),
     ):
         d = np.array([x["diff"] for x in sel])
         out[tag] = {
@@ -950,24 +954,26 @@ def bench_throughput(paths: tuple[Path, ...] = BENCH_FILES) -> list[dict[str, An
 
 
 def next_session_plan(
-    bench: list[dict[str, Any]], efficiency: float, fractions_tokens: float = 4.2
+    bench: list[dict[str, Any]], efficiency: float, fractions_tokens: float = 4.65
 ) -> list[dict[str, Any]]:
-    """Device-time estimate per (size, bits, S_total) grid of 7 fused fractions: tokens =
-    ``fractions_tokens`` x D (the trunk to the f = 0.1 branch, 0.9 D, plus the private parts:
-    0.2 D cooldown for f = 0 and f x D for each other f: 3.3 D), at the benchmarked 4-bit QAT
-    throughput (batch 256, ``bench_speed``) times ``efficiency`` (slice tokens / bench-equivalent
-    time, measured with 4 concurrent workers in session 2)."""
+    """Device-time estimate per (size, bits, S_total) decay-total grid of 9 fused fractions
+    (run_slice.FRACTIONS_V2): tokens = ``fractions_tokens`` x D (the trunk to the f = 0.05 branch,
+    0.95 D, plus the private parts: 0.2 D cooldown for f = 0 and f x D for each other f: 3.5 D),
+    at the benchmarked 4-bit QAT throughput (batch 256, ``bench_speed``) times ``efficiency``
+    (slice tokens / bench-equivalent time, measured with 4 concurrent workers)."""
     from coqat.model.config import ladder, param_counts
 
     out = []
-    plan = [  # what the law still lacks after session 2, in order of value
-        ("4m", (4, 2), (320,)),
+    plan = [  # what the decay-total law lacks after session 3, in order of value
+        ("12m", (2, 1), (80,)),
+        ("17m", (1,), (80,)),
         ("7m", (4,), (80,)),
-        ("7m", (2, 1), (320,)),
-        ("12m", (4, 2, 1), (20, 80)),
-        ("17m", (4, 2), (20, 80)),
-        ("30m", (4, 2), (20,)),
-        ("90m", (4,), (20,)),
+        ("4m", (4, 2), (320,)),
+        ("7m", (1,), (320,)),
+        ("12m", (4,), (80,)),
+        ("17m", (2,), (80,)),
+        ("30m", (1,), (80,)),
+        ("90m", (1,), (80,)),
     ]
     for size, bits_list, S_list in plan:
         cfg = ladder(size, seq_len=512, vocab_size=8192)
@@ -1312,7 +1318,7 @@ def print_tables(s: dict[str, Any]) -> None:
             f"total {r['loss_total']:.4f} qat {r['loss_qat']:.4f} diff {r['diff']:+.4f} "
             f"same_trunk={r['same_trunk']} ({r['file']} vs {r['qat_file']})"
         )
-    for tag in ("same_trunk", "other_trunk"):
+    for tag in [k for k in dc if k != "rows"]:
         t = dc[tag]
         if t["n"]:
             print(
@@ -1394,7 +1400,7 @@ def print_tables(s: dict[str, Any]) -> None:
         f"total slice wall {g['total_slice_wall_s']:.0f} s; mean efficiency of the concurrent "
         f"slices {s['efficiency_concurrent']:.2f}"
     )
-    print("\n== next-session device-time estimate (7 fractions, 1 seed) ==")
+    print("\n== next-session device-time estimate (9 fractions, decay total, 1 seed) ==")
     for r in s["next_plan"]:
         print(
             f"{r['size']:>4} {r['bits']}b S={r['S_total']:4d} D={r['D_total'] / 1e6:8.1f}M "
