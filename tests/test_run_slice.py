@@ -1,5 +1,6 @@
 """The reference experiment's slice runner on CPU: concurrent workers claim units, grids wait for
-their size's LR sweep and use its best lr, and a re-run with --done skips finished runs."""
+their size's LR sweep and use its best lr, a split cell shares its trunk across workers, and a
+re-run with --done skips finished runs."""
 
 from __future__ import annotations
 
@@ -44,6 +45,12 @@ def test_concurrent_slice_and_done_skip(tiny_data, tmp_path):
     # the grid waited for the sweep and took its best (BASE's lr, 3e-3, is not in the sweep)
     assert all(r["lr"] == best for r in grid)
     assert len({r["trunk"] for r in grid}) == 1 and all(r["status"] == "done" for r in recs)
+    # the split cell: part 0 trained the trunk and ran f = 0.5, part 1 ran f = 1 and f = 0 (the
+    # latter from the trunk checkpoint part 0 wrote)
+    part = {round(r["f_requested"], 2): r["part"] for r in grid}
+    assert part == {0.5: 0, 1.0: 1, 0.0: 1}
+    f0 = next(r for r in grid if r["f_requested"] == 0.0)
+    assert f0["branched_from"] and f0["branch_step"] > 0
     # every unit ran exactly once, whichever worker claimed it
     assert len({r["config_hash"] for r in recs}) == len(recs) == 5
     # a second call that knows the first call's results trains nothing

@@ -58,7 +58,16 @@ SLICES = {
         "lr_sweep": {"tiny": (1e-3, 6e-3)},  # neither is BASE's lr: the grid must use the sweep
         "lr_sweep_tokens_per_param": 0.05,
         "lr": {},
-        "grids": [{"size": "tiny", "bits": 4, "s_total": (0.2,), "fractions": (0.0, 0.5, 1.0)}],
+        # split over 2 workers: part 1 gets f = 1 and f = 0 (waits for the trunk's last checkpoint)
+        "grids": [
+            {
+                "size": "tiny",
+                "bits": 4,
+                "s_total": (0.2,),
+                "fractions": (0.0, 0.5, 1.0),
+                "split": 2,
+            }
+        ],
     },
     # session 1, second call: 2m at 2, 1 and 6 bits; seeds and the standard schedule at 4 bits
     "s2": {
@@ -234,6 +243,29 @@ SLICES = {
             v2("4m", 1, 80),
         ],
     },
+    # next session, call 1: a fourth size with decay total (12m at 2 and 1 bits, S = 80), split
+    # so that each cell uses several workers; the 17m lr sweep down to 7.5e-4 (it ended at its
+    # lower edge, 1.5e-3) alongside
+    "s10": {
+        "lr_sweep": {"17m": (7.5e-4,)},
+        "lr_sweep_tokens_per_param": 10,
+        "lr": {"12m": 3e-3},
+        "grids": [v2("12m", 2, 80, split=3), v2("12m", 1, 80, split=2)],
+    },
+    # next session, call 2: a fifth size (17m, 1 bit, S = 80, at the best of the three 17m rates
+    # once s10's sweep point is passed with --done) and 7m at 4 bits
+    "s11": {
+        "lr_sweep": {},
+        "lr_prior": {"17m": {1.5e-3: 1.1987, 3e-3: 1.2123}},  # session 3 (s7)
+        "lr": {"7m": 1.5e-3},
+        "grids": [v2("17m", 1, 80, split=4), v2("7m", 4, 80, split=2)],
+    },
+    # next session, call 3: does f* grow with S under decay total? S = 320 at 4m and 7m
+    "s12": {
+        "lr_sweep": {},
+        "lr": {"4m": 1.5e-3, "7m": 1.5e-3},
+        "grids": [v2("7m", 1, 320, split=2), v2("4m", 2, 320, split=2)],
+    },
     # (session 1's plan for the next session; superseded by s3 below)
     "s3-draft": {
         "lr_sweep": {},
@@ -383,15 +415,21 @@ def run_config(size: str, tokens: int, data: str, base: dict | None = None, **ov
 
 def slice_units(sl: dict) -> list[dict]:
     """The slice as independent units of work, in priority order: one per LR-sweep point, one
-    per grid cell (size, bits, S_total, seed) with its shared FP trunk."""
+    per grid cell (size, bits, S_total, seed) with its shared FP trunk, or ``split`` units per
+    cell for a grid with ``"split": K`` (part 0 trains the trunk and the runs that branch last;
+    parts 1.. run the others as soon as the trunk checkpoint they branch from exists: a large
+    cell then uses several workers instead of one)."""
     units = [
         {"kind": "lr", "size": size, "lr": lr} for size, lrs in sl["lr_sweep"].items() for lr in lrs
     ]
     for gi, grid in enumerate(sl["grids"]):
+        parts = int(grid.get("split", 1))
         units += [
             {"kind": "grid", "grid": gi, "size": grid["size"], "s_total": s, "seed": seed}
+            | ({"part": i, "parts": parts} if parts > 1 else {})
             for s in grid.get("s_total", (None,))
             for seed in grid.get("seeds", (0,))
+            for i in range(parts)
         ]
     for i, u in enumerate(units):
         u["id"] = i
@@ -407,13 +445,39 @@ def bench_tokens_per_s(size: str) -> float:
     return bench_speed(bench_throughput(), size)
 
 
+def split_cell(cfgs: list, parts: int) -> tuple[list[list], list[int]]:
+    """Assign a cell's runs to ``parts`` workers (list scheduling in tokens): part 0 trains the
+    trunk first (busy until its last branch step); a run can start once the trunk has passed its
+    branch step; each run, in order of branch step (largest private part first), goes to the
+    part where it would end first. Deterministic, so every worker computes the same split.
+    Returns (runs per part, the token "time" at which each part ends)."""
+    from coqat.train.phases import plan_phases
+
+    tps = cfgs[0].tokens_per_step
+    branch = [plan_phases(c).branch_step * tps for c in cfgs]
+    trunk_end = max(branch)
+    free = [trunk_end] + [0] * (parts - 1)
+    share: list[list] = [[] for _ in range(parts)]
+    order = sorted(range(len(cfgs)), key=lambda i: (branch[i], -(cfgs[i].tokens - branch[i])))
+    for i in order:
+        private = cfgs[i].tokens - branch[i]
+        end = [max(free[p], branch[i]) + private for p in range(parts)]
+        p = min(range(parts), key=lambda q: (end[q], q))
+        free[p] = end[p]
+        share[p].append(cfgs[i])
+    return share, free
+
+
 def unit_tokens(u: dict, sl: dict, data: str = "/tmp/linux") -> int:
-    """Training tokens of one unit (a grid cell counts its shared trunk once)."""
+    """Training tokens of one unit (a grid cell counts its shared trunk once; a part of a split
+    cell counts the tokens until it ends, waiting for the trunk included)."""
     from coqat.train.phases import plan_phases
 
     if u["kind"] == "lr":
         return lr_config(u, sl, data).tokens
     cfgs = grid_configs(u, sl, 1e-3, data)
+    if u.get("parts", 1) > 1:
+        return split_cell(cfgs, u["parts"])[1][u["part"]]
     tps = cfgs[0].tokens_per_step
     branch = [plan_phases(c).branch_step for c in cfgs]
     return max(branch) * tps + sum(c.tokens - b * tps for c, b in zip(cfgs, branch))
@@ -426,7 +490,7 @@ def estimate(sl: dict, efficiency: float = 0.5) -> None:
         tok = unit_tokens(u, sl)
         sec = tok / (efficiency * bench_tokens_per_s(u["size"]))
         total += sec
-        desc = {k: v for k, v in u.items() if k not in ("id", "kind")}
+        desc = {k: v for k, v in u.items() if k not in ("id", "kind", "parts")}
         if u["kind"] == "grid":
             desc |= {"bits": sl["grids"][u["grid"]]["bits"]}
         print(f"{u['id']:3d} {u['kind']:4s} {json.dumps(desc):70s} {tok / 1e6:8.1f}M {sec:6.0f} s")
@@ -557,6 +621,9 @@ def run_units(args, sl: dict, out: Path, work: Path, t_start: float) -> None:
         if not todo:
             (work / "claims" / f"done-{u['id']}").touch()
             continue
+        if u.get("part"):  # a later part branches from part 0's trunk: only if part 0 runs
+            if not (work / "claims" / f"unit-{u['id'] - u['part']}").exists():
+                continue
         if not fits(unit_tokens(u, sl, args.data), u["size"]) or not claim(f"unit-{u['id']}"):
             continue
         try:
@@ -575,7 +642,7 @@ def run_units(args, sl: dict, out: Path, work: Path, t_start: float) -> None:
             cfgs = [
                 c for c in grid_configs(u, sl, lr, args.data) if config_hash(c) not in done_hashes
             ]
-            run_grid_cell(u, sl, cfgs, work, record, fits, claim)
+            run_grid_cell(u, sl, cfgs, work, record, fits, claim, t_start + args.budget_s)
         finally:
             (work / "claims" / f"done-{u['id']}").touch()
     print(f"worker {worker} done at {time.time() - t_start:.0f} s", flush=True)
@@ -634,8 +701,12 @@ def grid_configs(u: dict, sl: dict, lr: float, data: str) -> list:
     ]
 
 
-def run_grid_cell(u: dict, sl: dict, cfgs: list, work: Path, record, fits, claim) -> None:
-    """Train the cell's FP trunk (once per trunk key, under a lock) and branch every run."""
+def run_grid_cell(
+    u: dict, sl: dict, cfgs: list, work: Path, record, fits, claim, deadline: float
+) -> None:
+    """Train the cell's FP trunk (once per trunk key, under a lock) and branch every run; for a
+    part of a split cell (``split_cell``), part 0 trains the trunk and runs its share, the other
+    parts wait for the trunk checkpoints of their runs (written atomically by part 0)."""
     from coqat.train.phases import plan_phases
     from coqat.train.run import execute, train_trunk, trunk_key
 
@@ -648,16 +719,25 @@ def run_grid_cell(u: dict, sl: dict, cfgs: list, work: Path, record, fits, claim
     tps = cfgs[0].tokens_per_step
     branch = sorted({plan_phases(c).branch_step for c in cfgs} - {0})
     key = trunk_key(cfgs[0])
+    trunk_dir = work / f"trunk-{key}"
+    mine = split_cell(cfgs, u["parts"])[0][u["part"]] if u.get("parts", 1) > 1 else cfgs
     t0 = time.time()
-    while not claim(f"trunk-{key}.lock"):  # one trunk key is trained by one worker at a time
-        time.sleep(2)
-    try:
-        ckpts = train_trunk(cfgs[0], work / f"trunk-{key}", branch)
-    finally:
-        (work / "claims" / f"trunk-{key}.lock").unlink()
+    if u.get("part", 0) == 0:
+        while not claim(f"trunk-{key}.lock"):  # one trunk key is trained by one worker at a time
+            time.sleep(2)
+        try:
+            ckpts = train_trunk(cfgs[0], trunk_dir, branch)
+        finally:
+            (work / "claims" / f"trunk-{key}.lock").unlink()
+    else:  # train_trunk's file names; a checkpoint exists only once complete (write-then-rename)
+        ckpts = {b: trunk_dir / f"step_{b:08d}.pt" for b in branch}
     trunk_s = time.time() - t0
-    for c in cfgs:
+    for c in sorted(mine, key=lambda c: plan_phases(c).branch_step):
         b = plan_phases(c).branch_step
+        while b and not ckpts[b].exists() and time.time() < deadline:
+            time.sleep(2)
+        if b and not ckpts[b].exists():
+            continue
         if not fits(c.tokens - b * tps, size):
             continue
         name = f"{size}-b{bits}-S{s_total}-f{c.qat.fraction:g}-{c.qat.schedule}-s{seed}"
@@ -672,6 +752,7 @@ def run_grid_cell(u: dict, sl: dict, cfgs: list, work: Path, record, fits, claim
             branch_step=b,
             base=base or None,
             overrides=over or None,
+            part=u.get("part"),
         )
 
 
