@@ -503,6 +503,17 @@ def knob_comparison(grid: list[dict[str, Any]], records: list[dict[str, Any]]) -
     return out
 
 
+def diff_stats(diffs: list[float]) -> dict[str, Any]:
+    """n, mean, standard error and share below zero of paired differences."""
+    d = np.asarray(diffs, float)
+    return {
+        "n": len(d),
+        "mean_diff": float(d.mean()) if len(d) else None,
+        "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None,
+        "share_negative": float(np.mean(d < 0)) if len(d) else None,
+    }
+
+
 def knob_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean paired difference (knob - default) per knob value, over all pairs and over the
     same-trunk pairs only."""
@@ -511,11 +522,7 @@ def knob_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rs = [r for r in rows if (r["knob"], r["value"]) == (knob, value)]
         rec: dict[str, Any] = {"knob": knob, "value": value}
         for tag, sel in (("all", rs), ("same_trunk", [r for r in rs if r["same_trunk"]])):
-            d = np.array([r["diff"] for r in sel])
-            rec[tag] = {
-                "n": len(sel),
-                "mean_diff": float(d.mean()) if len(d) else None,
-                "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None,
+            rec[tag] = diff_stats([r["diff"] for r in sel]) | {
                 "mean_diff_fp": float(np.mean([r["diff_fp"] for r in sel]))
                 if sel and knob == "schedule.cooldown"
                 else None,
@@ -568,13 +575,7 @@ def decay_comparison(records: list[dict[str, Any]]) -> dict[str, Any]:
         ("other_trunk_ge_1000_steps_f_le_0.2", [x for x in long_other if x["f"] <= 0.25]),
         ("other_trunk_ge_1000_steps_f_ge_0.6", [x for x in long_other if x["f"] >= 0.55]),
     ):
-        d = np.array([x["diff"] for x in sel])
-        out[tag] = {
-            "n": len(sel),
-            "mean_diff": float(d.mean()) if len(d) else None,
-            "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None,
-            "share_total_better": float(np.mean(d < 0)) if len(d) else None,
-        }
+        out[tag] = diff_stats([x["diff"] for x in sel])  # share_negative: total better
     return out
 
 
@@ -1323,7 +1324,7 @@ def print_tables(s: dict[str, Any]) -> None:
         if t["n"]:
             print(
                 f"{tag}: n={t['n']} mean {t['mean_diff']:+.4f} (se {t['se'] or float('nan'):.4f}), "
-                f"total better in {t['share_total_better']:.0%}"
+                f"total better in {t['share_negative']:.0%}"
             )
     sd = s["seeds"]
     print("\n== seeds (2m, 4-bit, S=80, session 2) ==")
