@@ -204,3 +204,21 @@ def test_knob_runs_are_kept_apart_from_the_main_grid():
     assert pair["loss_fused"] == pytest.approx(3.2)
     fs = {(x["size"], x["schedule"]) for x in measured_fstar(recs)}
     assert ("2m", "fused") in fs and not any("[" in s for s, _ in fs)
+
+
+def test_refits_keep_schedules_and_variants_apart():
+    """One closed-form refit per (schedule, variant): f* of another training setting (a size
+    label with a [...] suffix from label_variants) or schedule never enters the main fit."""
+    from coqat.sweep.report import closed_form, refits
+
+    def pt(size, S, a, sched="fused"):
+        return {"size": size, "schedule": sched, "S_total": S, "f_star": closed_form(S, a)}
+
+    fstar = [pt("2m", S, 6.7) for S in (40, 80, 320)]
+    fstar += [pt("2m [qat.cooldown_of=qat]", S, 3.0) for S in (80, 320)]
+    fstar += [pt("2m", 80, 2.0, "standard")]
+    got = {(g["schedule"], g["variant"]): g for g in refits(fstar)}
+    assert set(got) == {("fused", ""), ("fused", "[qat.cooldown_of=qat]"), ("standard", "")}
+    assert got[("fused", "")]["a_refit"] == pytest.approx(6.7, abs=0.01)
+    assert got[("fused", "[qat.cooldown_of=qat]")]["a_refit"] == pytest.approx(3.0, abs=0.01)
+    assert got[("fused", "")]["n"] == 3 and got[("fused", "")]["mae_refit"] < 1e-3

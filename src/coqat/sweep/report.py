@@ -6,7 +6,8 @@ Figures (matplotlib, Agg backend; PNGs in the output folder and embedded as base
 1. ``loss_vs_fraction.png``: validation loss vs QAT fraction per (size, D_total, bits), fused and
    standard, the measured f* marked; with a law JSON, the law's curve and its bootstrap CI band.
 2. ``fstar_vs_S.png``: measured optimal fraction vs S_total = D / (N B / 8) with the paper's closed
-   form f_hat = exp(-6.7297 / ln S) and ``a`` refitted on the measured points (MAE, as the paper).
+   form f_hat = exp(-6.7297 / ln S) and ``a`` refitted on the measured points (MAE, as the paper),
+   once per (schedule, variant) group.
 3. ``pred_vs_measured.png`` (with a law): predicted vs measured loss; held-out runs (``heldout``
    column, or outside the law's fitted N range) marked.
 4. ``fusion.png``: loss(standard) - loss(fused) for paired runs (same size, tokens, bits,
@@ -284,6 +285,36 @@ def refit_a(S: np.ndarray, fstar: np.ndarray) -> float | None:
     return float(res.x)
 
 
+def refits(fstar: list[dict]) -> list[dict]:
+    """The closed form refitted per kind of run: one ``a`` for each (schedule, variant) group of
+    measured f* (the variant is the ``[...]`` part ``label_variants`` gave the size label), so
+    that f* of different training settings never enter one fit. Groups with no S > e are left
+    out."""
+    by: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for x in fstar:
+        size = str(x["size"])
+        by[(x["schedule"], size[size.index("[") :] if "[" in size else "")].append(x)
+    out = []
+    for (sched, variant), xs in sorted(by.items()):
+        S = np.array([x["S_total"] for x in xs])
+        fs = np.array([x["f_star"] for x in xs])
+        a = refit_a(S, fs)
+        if a is None:
+            continue
+        ok = S > math.e
+        out.append(
+            {
+                "schedule": sched,
+                "variant": variant,
+                "n": int(ok.sum()),
+                "a_refit": a,
+                "mae_paper": float(np.mean(np.abs(closed_form(S[ok]) - fs[ok]))),
+                "mae_refit": float(np.mean(np.abs(closed_form(S[ok], a) - fs[ok]))),
+            }
+        )
+    return out
+
+
 def fusion_pairs(records: list[dict]) -> list[dict]:
     """Runs paired on (size, D_total, bits, f_requested, seed) with both schedules, 0 < f < 1."""
     idx: dict[tuple, dict[str, dict]] = defaultdict(dict)
@@ -372,7 +403,7 @@ def records_N(by_s: dict[str, list[dict]]) -> float:
     return 0.0
 
 
-def fig_fstar(fstar: list[dict], a_refit: float | None, out: Path):
+def fig_fstar(fstar: list[dict], fits: list[dict], out: Path):
     if not fstar:
         return None
     plt = _plt()
@@ -386,8 +417,10 @@ def fig_fstar(fstar: list[dict], a_refit: float | None, out: Path):
                            label=f"B={bits:g} {sched}")
     grid = np.geomspace(max(S.min() / 2, 1.01), S.max() * 2, 200)
     ax.plot(grid, closed_form(grid), "k-", lw=1, label=f"paper a={PAPER_A}")
-    if a_refit is not None:
-        ax.plot(grid, closed_form(grid, a_refit), "k--", lw=1, label=f"refit a={a_refit:.3f}")
+    for i, g in enumerate(fits):
+        what = " ".join(x for x in (g["schedule"], g["variant"]) if x)
+        ax.plot(grid, closed_form(grid, g["a_refit"]), ls="--", color=f"C{7 + i % 3}", lw=1,
+                label=f"refit a={g['a_refit']:.3f} ({what})")
     ax.set_xscale("log")
     ax.set_xlabel("S_total = D / (N B / 8)")
     ax.set_ylabel("optimal QAT fraction f*")
@@ -509,8 +542,7 @@ def build_report(
     records = load_records(store, runs)
     adapter, law_note = LawAdapter.load(law)
     fstar = measured_fstar(records)
-    a_refit = refit_a(np.array([x["S_total"] for x in fstar]),
-                      np.array([x["f_star"] for x in fstar])) if fstar else None
+    fits = refits(fstar)
     pairs = fusion_pairs(records)
     figs: list[tuple[str, str, bytes]] = []
     notes = []
@@ -520,7 +552,7 @@ def build_report(
             figs.append((caption, *res))
 
     add("Loss vs QAT fraction", fig_loss_vs_fraction(records, adapter, fstar, out))
-    add("Optimal QAT fraction vs S_total", fig_fstar(fstar, a_refit, out))
+    add("Optimal QAT fraction vs S_total", fig_fstar(fstar, fits, out))
     pred_stats = None
     if adapter is not None:
         res, pred_stats = fig_pred_vs_measured(records, adapter, out)
@@ -559,13 +591,11 @@ def build_report(
     ) if fstar else "<p class='note'>no group with 3 or more fractions.</p>")
     parts.append("<h2>Fit summary</h2>")
     rows: list[list[Any]] = [["closed form, paper a", PAPER_A]]
-    if a_refit is not None:
-        rows.append(["closed form, refitted a (MAE)", a_refit])
-        S = np.array([x["S_total"] for x in fstar])
-        fs = np.array([x["f_star"] for x in fstar])
-        ok = S > math.e
-        rows.append(["MAE of paper f_hat vs measured f*",
-                     float(np.mean(np.abs(closed_form(S[ok]) - fs[ok]))) if ok.any() else "-"])
+    for g in fits:  # one refit per kind of run: schedules and variants never share a fit
+        what = " ".join(x for x in (g["schedule"], g["variant"]) if x)
+        rows.append([f"closed form, refitted a (MAE), {what}, {g['n']} f*", g["a_refit"]])
+        rows.append([f"MAE of paper f_hat / of the refit vs measured f*, {what}",
+                     f"{g['mae_paper']:.4g} / {g['mae_refit']:.4g}"])
     if adapter is not None:
         rows += [[k, v] for k, v in adapter.summary_rows()]
         if pred_stats:
@@ -590,5 +620,5 @@ def build_report(
 
     path = out / "report.html"
     atomic_write_text(path, doc)
-    (out / "fstar.json").write_text(json.dumps({"fstar": fstar, "a_refit": a_refit}, indent=2))
+    (out / "fstar.json").write_text(json.dumps({"fstar": fstar, "refits": fits}, indent=2))
     return path
