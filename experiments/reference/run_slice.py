@@ -260,11 +260,19 @@ SLICES = {
         "lr": {"7m": 1.5e-3},
         "grids": [v2("17m", 1, 80, split=4), v2("7m", 4, 80, split=2)],
     },
-    # next session, call 3: does f* grow with S under decay total? S = 320 at 4m and 7m
+    # next session, call 3: does f* grow with S under decay total? S = 320 at 4m and 7m; then
+    # fused vs standard with decay total at 4 and 6 bits (same call: same trunk), and two more
+    # seeds of the 2m 4-bit S = 80 grid (how well is f* located?)
     "s12": {
         "lr_sweep": {},
-        "lr": {"4m": 1.5e-3, "7m": 1.5e-3},
-        "grids": [v2("7m", 1, 320, split=2), v2("4m", 2, 320, split=2)],
+        "lr": {"2m": 3e-3, "4m": 1.5e-3, "7m": 1.5e-3},
+        "grids": [
+            v2("7m", 1, 320, split=2),
+            v2("4m", 2, 320, split=2),
+            v2("2m", 4, 80, fractions=(0.1, 0.2, 0.4, 0.6), schedules=("standard", "fused")),
+            v2("2m", 6, 80, fractions=(0.1, 0.2, 0.4), schedules=("standard", "fused")),
+            v2("2m", 4, 80, fractions=(0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 1.0), seeds=(1, 2)),
+        ],
     },
     # (session 1's plan for the next session; superseded by s3 below)
     "s3-draft": {
