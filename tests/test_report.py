@@ -204,6 +204,10 @@ def test_knob_runs_are_kept_apart_from_the_main_grid():
     assert pair["loss_fused"] == pytest.approx(3.2)
     fs = {(x["size"], x["schedule"]) for x in measured_fstar(recs)}
     assert ("2m", "fused") in fs and not any("[" in s for s, _ in fs)
+    # a minority of runs at the defaults, where most set a knob: labelled with the default value
+    recs = [rec(f, "fused", "qat.cooldown_of=qat", 3 + f) for f in (0.0, 0.2, 0.5)]
+    recs = label_variants(recs + [rec(0.2, "fused", "", 3.1)])
+    assert sorted({r["size"] for r in recs}) == ["2m", "2m [qat.cooldown_of=total]"]
 
 
 def test_refits_keep_schedules_and_variants_apart():

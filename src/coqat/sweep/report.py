@@ -124,9 +124,24 @@ def label_variants(records: list[dict]) -> list[dict]:
             continue
         a, b = _parse_variant(main), _parse_variant(v)
         diff = [f"{k}={b[k]}" for k in sorted(b) if a.get(k) != b[k]]
-        diff += [f"{k}=default" for k in sorted(a) if k not in b]
+        diff += [f"{k}={_default_setting(k)}" for k in sorted(a) if k not in b]
         r["size"] = f"{r['size']} [{','.join(diff)}]"
     return records
+
+
+def _default_setting(key: str) -> str:
+    """RunConfig's default of a dotted setting (``qat.cooldown_of`` -> ``total``), as text;
+    ``default`` where it cannot be looked up (a setting of another schema)."""
+    try:
+        from coqat.config import to_dict
+        from coqat.train.config import RunConfig
+
+        v: Any = to_dict(RunConfig())
+        for part in key.split("."):
+            v = v[part]
+        return str(v)
+    except (KeyError, TypeError, ImportError):
+        return "default"
 
 
 # ----------------------------------------------------------------------------------- law adapter
