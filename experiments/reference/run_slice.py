@@ -243,35 +243,40 @@ SLICES = {
             v2("4m", 1, 80),
         ],
     },
-    # next session, call 1: a fourth size with decay total (12m at 2 and 1 bits, S = 80), split
-    # so that each cell uses several workers; the 17m lr sweep down to 7.5e-4 (it ended at its
-    # lower edge, 1.5e-3) alongside
+    # next session, call 1: a fourth size with decay total (12m at 2 bits, S = 80), split so that
+    # the cell uses three workers; the 17m lr sweep down to 7.5e-4 (it ended at its lower edge,
+    # 1.5e-3) on the fourth
     "s10": {
         "lr_sweep": {"17m": (7.5e-4,)},
         "lr_sweep_tokens_per_param": 10,
         "lr": {"12m": 3e-3},
-        "grids": [v2("12m", 2, 80, split=3), v2("12m", 1, 80, split=2)],
+        "grids": [v2("12m", 2, 80, split=3)],
     },
     # next session, call 2: a fifth size (17m, 1 bit, S = 80, at the best of the three 17m rates
-    # once s10's sweep point is passed with --done) and 7m at 4 bits
+    # once s10's sweep point is passed with --done); on the fourth worker, fused vs standard with
+    # decay total at 4 and 6 bits (same call: same trunk) and a second seed of the 2m 4-bit grid
     "s11": {
         "lr_sweep": {},
         "lr_prior": {"17m": {1.5e-3: 1.1987, 3e-3: 1.2123}},  # session 3 (s7)
-        "lr": {"7m": 1.5e-3},
-        "grids": [v2("17m", 1, 80, split=4), v2("7m", 4, 80, split=2)],
-    },
-    # next session, call 3: does f* grow with S under decay total? S = 320 at 4m and 7m; then
-    # fused vs standard with decay total at 4 and 6 bits (same call: same trunk), and two more
-    # seeds of the 2m 4-bit S = 80 grid (how well is f* located?)
-    "s12": {
-        "lr_sweep": {},
-        "lr": {"2m": 3e-3, "4m": 1.5e-3, "7m": 1.5e-3},
+        "lr": {"2m": 3e-3},
         "grids": [
-            v2("7m", 1, 320, split=2),
-            v2("4m", 2, 320, split=2),
+            v2("17m", 1, 80, split=3),
             v2("2m", 4, 80, fractions=(0.1, 0.2, 0.4, 0.6), schedules=("standard", "fused")),
             v2("2m", 6, 80, fractions=(0.1, 0.2, 0.4), schedules=("standard", "fused")),
-            v2("2m", 4, 80, fractions=(0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 1.0), seeds=(1, 2)),
+            v2("2m", 4, 80, fractions=(0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 1.0), seeds=(1,)),
+        ],
+    },
+    # next session, call 3: does f* grow with S under decay total? S = 320 at 4m (2 and 1 bits;
+    # the decay-qat 4m 1-bit optimum grew 0.29 -> 0.55 there); 12m at 1 bit. Later: 7m 1-bit
+    # S = 320 and 7m 4-bit S = 80 (split 3: a 7m worker ran at 0.19 x the bench among four),
+    # 30m 1-bit
+    "s12": {
+        "lr_sweep": {},
+        "lr": {"4m": 1.5e-3, "12m": 3e-3},
+        "grids": [
+            v2("4m", 2, 320, split=2),
+            v2("4m", 1, 320, split=2),
+            v2("12m", 1, 80, split=2),
         ],
     },
     # (session 1's plan for the next session; superseded by s3 below)
@@ -491,18 +496,26 @@ def unit_tokens(u: dict, sl: dict, data: str = "/tmp/linux") -> int:
     return max(branch) * tps + sum(c.tokens - b * tps for c, b in zip(cfgs, branch))
 
 
-def estimate(sl: dict, efficiency: float = 0.5) -> None:
-    """Print each unit's tokens and its device time at ``efficiency`` x the bench throughput."""
-    total = 0.0
+def estimate(sl: dict, efficiency: float = 0.5, workers: int = 1) -> None:
+    """Print each unit's tokens and its time on one worker at ``efficiency`` x the bench
+    throughput (a part of a split cell: until it ends, waiting for the trunk included), then the
+    slice's worker-seconds spread over ``workers`` and its longest unit (a lower bound on the
+    wall time either way)."""
+    total, longest = 0.0, 0.0
     for u in slice_units(sl):
         tok = unit_tokens(u, sl)
         sec = tok / (efficiency * bench_tokens_per_s(u["size"]))
         total += sec
+        longest = max(longest, sec)
         desc = {k: v for k, v in u.items() if k not in ("id", "kind", "parts")}
         if u["kind"] == "grid":
             desc |= {"bits": sl["grids"][u["grid"]]["bits"]}
         print(f"{u['id']:3d} {u['kind']:4s} {json.dumps(desc):70s} {tok / 1e6:8.1f}M {sec:6.0f} s")
-    print(f"total {total:.0f} s of single-process device time at {efficiency:g} x bench")
+    print(
+        f"total {total:.0f} worker-seconds at {efficiency:g} x bench per worker: "
+        f">= {max(total / workers, longest):.0f} s of wall time on {workers} worker(s) "
+        f"(longest unit {longest:.0f} s)"
+    )
 
 
 def read_records(path: Path) -> list[dict]:
@@ -553,7 +566,7 @@ def main() -> None:
     ap.add_argument("--t-start", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.estimate:
-        return estimate(SLICES[args.slice])
+        return estimate(SLICES[args.slice], args.eff, args.workers)
     t_start = args.t_start or time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
