@@ -49,7 +49,8 @@ def measure(
             "model": {"seq_len": seq_len},
             "data": {"path": data},
             "optim": {"batch_size": batch},
-            "tokens": batch * seq_len * (steps + warmup + 10),
+            # the timed steps, warm-up, host-time steps (<= 20), profiled steps, and a margin
+            "tokens": batch * seq_len * (steps + warmup + 20 + profile + 10),
             "qat": {
                 "bits": bits,
                 "fraction": 1.0 if bits != 16 else 0.0,

@@ -266,3 +266,11 @@ def test_fstar_intervals(an):
     lo2, hi2 = flat["f_refined_ci90"]
     assert hi2 - lo2 > 0.5  # a flat curve is not
     assert 0.0 <= out["p_fstar_grows_S_ge_40"]["x/4"] <= 1.0
+
+
+def test_a_basis_without_grids_is_left_out(an):
+    """Sessions 1-2 only ran decay qat: the decay-total section is empty instead of failing."""
+    recs = an.load_records(sorted((REF / "results").glob("session[12]-*.jsonl")))
+    grid, _ = an.dedupe_grid(recs)
+    assert an.fstar_section(grid, "total") == {"fstar": []}
+    assert an.fstar_section(grid, "qat")["fstar"]

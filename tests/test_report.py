@@ -226,3 +226,27 @@ def test_refits_keep_schedules_and_variants_apart():
     assert got[("fused", "")]["a_refit"] == pytest.approx(6.7, abs=0.01)
     assert got[("fused", "[qat.cooldown_of=qat]")]["a_refit"] == pytest.approx(3.0, abs=0.01)
     assert got[("fused", "")]["n"] == 3 and got[("fused", "")]["mae_refit"] < 1e-3
+
+
+def test_variant_labels_are_the_same_at_every_size():
+    """2m mostly decay qat, 4m as many of each, each size with its own lr: the decay-total
+    runs carry the same label at both sizes (the lr, constant within a size, is no label), so
+    that no refit or curve mixes the two bases."""
+    from coqat.sweep.report import label_variants, measured_fstar, refits
+
+    def rec(size, f, variant, loss):
+        return {"size": size, "N": 1e6 if size == "2m" else 2e6, "D_total": 1e8,
+                "D_fp": (1 - f) * 1e8, "D_qat": f * 1e8, "bits": 4.0, "f": f,
+                "f_requested": f, "loss": loss, "schedule": "fused", "seed": 0.0,
+                "variant": variant}
+
+    F = (0.0, 0.2, 0.5, 1.0)
+    recs = [rec("2m", f, "optim.lr=0.003,qat.cooldown_of=qat", 3 + (f - 0.5) ** 2) for f in F]
+    recs += [rec("2m", f, "optim.lr=0.003", 3 + (f - 0.2) ** 2) for f in F[:3]]
+    recs += [rec("4m", f, "optim.lr=0.0015,qat.cooldown_of=qat", 2 + (f - 0.5) ** 2) for f in F]
+    recs += [rec("4m", f, "optim.lr=0.0015", 2 + (f - 0.2) ** 2) for f in F]
+    recs = label_variants(recs)
+    assert {r["size"] for r in recs} == {"2m", "4m", "2m [qat.cooldown_of=total]",
+                                         "4m [qat.cooldown_of=total]"}
+    groups = {g["variant"]: g["n"] for g in refits(measured_fstar(recs))}
+    assert groups == {"": 2, "[qat.cooldown_of=total]": 2}

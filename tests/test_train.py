@@ -287,3 +287,16 @@ def test_quantizer_scales_have_no_weight_decay(tiny_data, carry):
             assert wd[id(p)] == cfg.optim.weight_decay > 0, n
     assert any("weight_quantizer" in n for n in names)
     assert tr._trainable() == list(tr.model.parameters())  # the cached list follows prepare
+
+
+def test_standard_decay_follows_the_rewarmup(tiny_data):
+    """Standard schedule, decay over 20% of the run at f = 0.1: the QAT phase re-warms to the
+    peak, then decays (it does not start decaying during the re-warmup)."""
+    over = {"qat.schedule": "standard", "qat.fraction": 0.1, "qat.rewarmup": 0.2,
+            "tokens": 8 * 32 * 100}
+    plan, lr = _lrs(tiny_run_config(tiny_data, **over))
+    q = lr[plan.qat_start :]
+    rw = round(0.2 * plan.qat_steps)
+    assert plan.qat_cooldown_start == plan.qat_start + rw
+    assert q[:rw] == sorted(q[:rw]) and q[rw - 1] == 1.0
+    assert q[rw] == 1.0 and all(a > b for a, b in zip(q[rw:], q[rw + 1 :]))  # then decays

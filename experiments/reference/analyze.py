@@ -535,7 +535,9 @@ def decay_comparison(records: list[dict[str, Any]]) -> dict[str, Any]:
     """The decay basis, paired: every fused default-knob run with decay "total" at 0 < f < 1
     against the "qat"-decay run of the same (size, bits, D, seed, f), from the same call where
     one exists (same FP trunk checkpoint: a clean pair), else from any other call (trunk-to-trunk
-    noise included). diff = total - qat (< 0: the decay over 20% of the run is better)."""
+    noise included). diff = total - qat (< 0: the decay over 20% of the run is better). Every
+    record counts, repeats too: a decay-qat run can be the partner of a same-call and of an
+    other-call pair, never of two pairs in one category."""
     idx = _defaults_index(records)
     rows = []
     for r in records:
@@ -1064,23 +1066,26 @@ def make_figures(summary: dict[str, Any], outdir: Path = FIGURES) -> list[str]:
 
     outdir.mkdir(parents=True, exist_ok=True)
     files = []
-    for d in DECAYS:
+    for d in summary["decay"]:
         p = outdir / f"loss_vs_f_decay-{d}.png"
         _loss_vs_f_figure(plt, summary["decay"][d], d, p)
         files.append(p.name)
 
     fig, ax = plt.subplots(figsize=(6.5, 4.6))
     S = np.geomspace(10, 2000, 200)
-    paper_a = summary["decay"]["total"]["closed_form"]["paper_a"]
-    ax.plot(S, closed_form(S, paper_a), "k-", label=f"paper a={paper_a:.3f}")
+    from coqat.law import PAPER_A
+
+    ax.plot(S, closed_form(S, PAPER_A), "k-", label=f"paper a={PAPER_A:.3f}")
     for d, ls in (("total", "C3--"), ("qat", "C7-.")):
+        if d not in summary["decay"]:
+            continue
         a = summary["decay"][d]["closed_form"]["S_ge_40"]["a_refit"]
         ax.plot(S, closed_form(S, a), ls, label=f"refit S>=40, decay {d}: a={a:.2f}")
     markers = {"2m": "o", "4m": "s", "7m": "^", "12m": "D", "17m": "v", "30m": "P"}
-    all_rows = [r for d in DECAYS for r in summary["decay"][d]["fstar"]]
+    all_rows = [r for sec in summary["decay"].values() for r in sec["fstar"]]
     bits_list = sorted({r["bits"] for r in all_rows}, reverse=True)
-    for d in DECAYS:
-        rows = summary["decay"][d]["fstar"]
+    for d, sec in summary["decay"].items():
+        rows = sec["fstar"]
         for k, b in enumerate(bits_list):
             for size in sorted({r["size"] for r in rows}, key=lambda z: float(z[:-1])):
                 rr = [r for r in rows if r["bits"] == b and r["size"] == size]
@@ -1137,6 +1142,8 @@ def fstar_section(grid: list[dict[str, Any]], decay: str) -> dict[str, Any]:
     """Questions 1 and 3 (measured side) for one decay basis: the f* table, the closed form's
     error, bootstrap intervals, growth with S, f* across sizes, regrets."""
     rows = fstar_table(grid, decay)
+    if not rows:  # e.g. the decay-total basis over sessions 1-2 only
+        return {"fstar": []}
     big = [r for r in rows if r["S_total"] >= STEP_STARVED_S]
     return {
         "fstar": rows,
@@ -1160,7 +1167,8 @@ def analyze(with_laws: bool = True) -> dict[str, Any]:
         "n_grid_runs_used": len(grid),
         "n_duplicate_grid_records": len(pairs),
         "lr_sweep": lr_table(records),
-        "decay": {d: fstar_section(grid, d) for d in DECAYS},
+        # the decay bases with measured grids (both, from session 3 on)
+        "decay": {d: sec for d in DECAYS if (sec := fstar_section(grid, d))["fstar"]},
         "decay_comparison": decay_comparison(records),
         "replicates": replicates(records, pairs),
         "seeds": seed_replicate_grid(records),
@@ -1181,8 +1189,7 @@ def analyze(with_laws: bool = True) -> dict[str, Any]:
     summary["next_plan"] = next_session_plan(bench, eff)
     summary["next_plan_by_size"] = plan_by_size(summary["next_plan"])
     if with_laws:
-        for d in DECAYS:
-            sec = summary["decay"][d]
+        for d, sec in summary["decay"].items():
             sec["qat_law"] = fit_qat_laws(grid, sec["fstar"], d)
             sec["law_comparison"] = compare_laws(grid, d)
     return summary
@@ -1309,8 +1316,8 @@ def print_tables(s: dict[str, Any]) -> None:
             f"{size:>4} D={d['D_total'] / 1e6:.1f}M steps={d['steps']}  {cells}  "
             f"best {d['best_lr']:g}{edge}"
         )
-    for d in DECAYS:
-        print_fstar(s["decay"][d], d)
+    for d, sec in s["decay"].items():
+        print_fstar(sec, d)
     dc = s["decay_comparison"]
     print("\n== decay basis, paired (total - qat; < 0: decay over 20% of the run better) ==")
     for r in dc["rows"]:
@@ -1385,9 +1392,9 @@ def print_tables(s: dict[str, Any]) -> None:
                 f"{r['f_opt']:.2f}; {meas}"
             )
         print(f"predicted best {mc['predicted_best']}, measured best {mc['measured_best']}")
-    for d in DECAYS:
-        if "qat_law" in s["decay"][d]:
-            print_laws(s["decay"][d], d)
+    for d, sec in s["decay"].items():
+        if "qat_law" in sec:
+            print_laws(sec, d)
     g = s["gpu_time"]
     print("\n== GPU time per slice ==")
     for k, v in g["per_slice"].items():

@@ -753,9 +753,11 @@ def run_grid_cell(
     else:  # train_trunk's file names; a checkpoint exists only once complete (write-then-rename)
         ckpts = {b: trunk_dir / f"step_{b:08d}.pt" for b in branch}
     trunk_s = time.time() - t0
+    part0_done = work / "claims" / f"done-{u['id'] - u.get('part', 0)}"
     for c in sorted(mine, key=lambda c: plan_phases(c).branch_step):
         b = plan_phases(c).branch_step
-        while b and not ckpts[b].exists() and time.time() < deadline:
+        # wait for the checkpoint; give up at the deadline or when part 0 ended without it
+        while b and not ckpts[b].exists() and time.time() < deadline and not part0_done.exists():
             time.sleep(2)
         if b and not ckpts[b].exists():
             continue

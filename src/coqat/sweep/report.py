@@ -109,23 +109,31 @@ def _parse_variant(v: str) -> dict[str, str]:
 
 def label_variants(records: list[dict]) -> list[dict]:
     """Keep runs of different training settings apart. Runs carry ``variant`` (settings beyond
-    the grid axes, from the store export); per size, runs whose variant differs from the most
-    common one get those differences appended to their ``size`` label (e.g. ``2m
-    [qat.cooldown=0.1]``), so that curves, f*, fusion pairs and tables never mix them."""
+    the grid axes that differ from the defaults, from the store export). The settings that tell
+    runs apart are those whose value differs between two quantized runs of one size (a ladder's
+    per-size learning rate does not; a knob or the decay basis does); runs whose values of them
+    differ from the most common combination over all runs get those values appended to their
+    ``size`` label (e.g. ``2m [qat.cooldown=0.1]``), the same suffix at every size, so that
+    curves, f*, refits, fusion pairs and tables never mix them."""
     from collections import Counter
 
-    by_size: dict[str, Counter] = defaultdict(Counter)
-    for r in records:
-        by_size[r["size"]][str(r.get("variant") or "")] += 1
-    for r in records:
-        v = str(r.get("variant") or "")
-        main = by_size[r["size"]].most_common(1)[0][0]
-        if v == main:
-            continue
-        a, b = _parse_variant(main), _parse_variant(v)
-        diff = [f"{k}={b[k]}" for k in sorted(b) if a.get(k) != b[k]]
-        diff += [f"{k}={_default_setting(k)}" for k in sorted(a) if k not in b]
-        r["size"] = f"{r['size']} [{','.join(diff)}]"
+    parsed = [_parse_variant(str(r.get("variant") or "")) for r in records]
+    keys = {k for v in parsed for k in v}
+    by_size: dict[str, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+    for r, v in zip(records, parsed):
+        if r.get("bits", 16) < 16:
+            for k in keys:
+                by_size[r["size"]][k].add(v.get(k))
+    knobs = sorted({k for d in by_size.values() for k, vals in d.items() if len(vals) > 1})
+    if not knobs:
+        return records
+    defaults = {k: _default_setting(k) for k in knobs}
+    sigs = [tuple(v.get(k, defaults[k]) for k in knobs) for v in parsed]
+    main = Counter(sigs).most_common(1)[0][0]
+    for r, sig in zip(records, sigs):
+        diff = [f"{k}={x}" for k, x, m in zip(knobs, sig, main) if x != m]
+        if diff:
+            r["size"] = f"{r['size']} [{','.join(diff)}]"
     return records
 
 

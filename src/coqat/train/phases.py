@@ -89,6 +89,8 @@ def plan_phases(cfg: RunConfig) -> PhasePlan:
     fp_cd = max(min(fp_cd, fp_steps), min(warmup, fp_steps))
     basis = steps if q.cooldown_of == "total" else qat_steps
     qat_cd = steps - min(qat_steps, int(round(q.cooldown * basis)))
+    if q.schedule == "standard" and 0 < fp_steps < steps:  # the decay follows the re-warmup
+        qat_cd = max(qat_cd, fp_steps + int(round(q.rewarmup * qat_steps)))
     if kind == "cosine":
         qat_cd = fp_steps
     return PhasePlan(
