@@ -265,7 +265,7 @@ def fstar_intervals(rows: list[dict[str, Any]], n: int = 1000, seed: int = 0) ->
     mae_all = np.mean(np.abs(draws - fh), axis=1)
     mae_big = np.mean(np.abs(draws[:, big] - fh[big]), axis=1)
     grows = {}
-    for k in {(r["size"], r["bits"]) for r in rows}:
+    for k in sorted({(r["size"], r["bits"]) for r in rows}):
         idx = [j for j, r in enumerate(rows) if (r["size"], r["bits"]) == k and big[j]]
         if len(idx) >= 2:
             idx.sort(key=lambda j: S[j])
