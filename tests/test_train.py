@@ -209,6 +209,45 @@ def test_branch_equals_independent(tiny_data, tmp_path, schedule):
     assert branched["loss_fp"] == alone["loss_fp"]
 
 
+def test_resume_refuses_another_configuration(tiny_data, tmp_path):
+    """A checkpoint is resumed only under the configuration saved beside it (where the data
+    lives or how often it is evaluated may change): resuming it with another QAT fraction, or
+    after a default changed, would give a run that belongs to neither."""
+    import json
+
+    from coqat.errors import ConfigError
+    from coqat.train import run as run_mod
+
+    cfg = tiny_run_config(tiny_data, **{"qat.fraction": 0.5, "checkpoint_every": 8 * 32 * 8})
+    orig = run_mod.Trainer.train_step
+    calls = {"n": 0}
+
+    def dying_step(self):
+        calls["n"] += 1
+        if calls["n"] == 20:
+            raise KeyboardInterrupt("simulated kill")
+        return orig(self)
+
+    run_mod.Trainer.train_step = dying_step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_mod.execute(cfg, tmp_path / "r")
+    finally:
+        run_mod.Trainer.train_step = orig
+    other = tiny_run_config(tiny_data, **{"qat.fraction": 0.3, "checkpoint_every": 8 * 32 * 8})
+    with pytest.raises(ConfigError, match="qat.fraction: 0.5 -> 0.3"):
+        run_mod.execute(other, tmp_path / "r")
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    del saved["qat"]["cooldown_of"]  # a run saved before the field existed
+    (tmp_path / "r" / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match="qat.cooldown_of: '\\(not set\\)' -> 'total'"):
+        run_mod.execute(cfg, tmp_path / "r")
+    saved["qat"]["cooldown_of"] = "total"
+    saved["eval_every"] = 12345  # free to change
+    (tmp_path / "r" / "config.json").write_text(json.dumps(saved))
+    assert run_mod.execute(cfg, tmp_path / "r")["status"] == "done"
+
+
 def test_trunk_resumes_from_other_runs_checkpoint(tiny_data, tmp_path, monkeypatch):
     """A trunk asked for a step it lacks resumes from the latest earlier checkpoint in its folder
     (saved for another run's branch), and the branch still equals the independent run."""

@@ -40,6 +40,17 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{"a.b": value}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def config_hash(cfg: Any, *extra: str, length: int = 16) -> str:
     """Stable hash of a config (plus extra strings such as a code version or data hash)."""
     blob = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))

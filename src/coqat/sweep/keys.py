@@ -18,7 +18,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from coqat.config import config_hash
+from coqat.config import config_hash, flatten
 from coqat.provenance import git_commit
 from coqat.train.phases import trunk_identity
 
@@ -74,16 +74,6 @@ _NOT_VARIANT = ("size", "model.", "tokens", "seed", "qat.bits", "qat.fraction", 
                 "data.path", "eval_every", "checkpoint_every", "device", "compile", "precision")
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 @functools.lru_cache(maxsize=4096)
 def _variant_cached(config_json: str) -> str:
     from coqat.config import from_dict, to_dict
@@ -91,10 +81,10 @@ def _variant_cached(config_json: str) -> str:
 
     raw = json.loads(config_json)
     try:  # fill fields that an older config lacks with their defaults
-        full = _flat(to_dict(from_dict(RunConfig, raw)))
+        full = flatten(to_dict(from_dict(RunConfig, raw)))
     except Exception:  # noqa: BLE001 - a config of another schema: compare it as it is
-        full = _flat(raw)
-    default = _flat(to_dict(RunConfig()))
+        full = flatten(raw)
+    default = flatten(to_dict(RunConfig()))
     keep = {
         k: v
         for k, v in full.items()

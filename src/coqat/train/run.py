@@ -397,6 +397,36 @@ def _schedule_points(
     return set(range(k, plan.steps + 1, k))
 
 
+# settings a resumed run may change: where the data lives, how it runs, how often it reports
+RESUME_FREE = ("data.path", "data.verify", "device", "compile", "compile_mode", "eval_every",
+               "checkpoint_every")
+
+
+def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
+    """Refuse to resume ``run_dir``'s checkpoint under a configuration that trains differently
+    from the one saved beside it (another fraction, a changed default, ...): the result would
+    belong to neither. Settings in RESUME_FREE may differ."""
+    from coqat.config import flatten
+    from coqat.errors import ConfigError
+
+    path = run_dir / "config.json"
+    if not path.exists():
+        return
+    saved, now = flatten(json.loads(path.read_text())), flatten(to_dict(cfg))
+    missing = "(not set)"
+    changed = [
+        f"{k}: {saved.get(k, missing)!r} -> {now.get(k, missing)!r}"
+        for k in sorted(set(saved) | set(now))
+        if k not in RESUME_FREE and saved.get(k, missing) != now.get(k, missing)
+    ]
+    if changed:
+        raise ConfigError(
+            "resume",
+            f"{run_dir} holds a checkpoint of another configuration ({'; '.join(changed)}); "
+            "resume with the saved settings (its config.json) or train in a new folder",
+        )
+
+
 def execute(
     cfg: RunConfig,
     run_dir: str | Path,
@@ -416,12 +446,14 @@ def execute(
     result_path = run_dir / "result.json"
     if resume and result_path.exists():
         return json.loads(result_path.read_text())
+    ckpt = run_dir / CHECKPOINT
+    if resume and ckpt.exists():
+        _check_resume_config(run_dir, cfg)
     tr = Trainer(cfg, progress=progress)
     main = tr.dist.main
     if main:
         atomic_write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
     plan = tr.plan
-    ckpt = run_dir / CHECKPOINT
     if resume and ckpt.exists():
         tr.load_state_dict(load_checkpoint(ckpt))
     elif start_from is not None:
