@@ -73,24 +73,18 @@ def test_refine_argmin():
     assert refine_argmin(f[::-1], (3.0 + (f - 0.2) ** 2)[::-1]) == pytest.approx(0.2)
 
 
+def _rec(f, loss, schedule="fused", size="x", N=1e6, variant=None):
+    """One finished run as the report reads it."""
+    r = {"size": size, "N": N, "D_total": 1e8, "D_fp": (1 - f) * 1e8, "D_qat": f * 1e8,
+         "bits": 4.0, "f": f, "f_requested": f, "loss": loss, "schedule": schedule, "seed": 0.0}
+    return r if variant is None else r | {"variant": variant}
+
+
 def test_measured_fstar_endpoints_count_for_both_schedules():
-    recs = []
-    for f, s in [(0.0, "standard"), (0.3, "fused"), (0.3, "standard"), (1.0, "standard")]:
-        recs.append(
-            {
-                "size": "x",
-                "N": 1e6,
-                "D_total": 1e8,
-                "D_fp": (1 - f) * 1e8,
-                "D_qat": f * 1e8,
-                "bits": 4.0,
-                "f": f,
-                "loss": 3 + (f - 0.35) ** 2,
-                "schedule": s,
-                "seed": 0.0,
-                "f_requested": f,
-            }
-        )
+    recs = [
+        _rec(f, 3 + (f - 0.35) ** 2, s)
+        for f, s in [(0.0, "standard"), (0.3, "fused"), (0.3, "standard"), (1.0, "standard")]
+    ]
     fs = {x["schedule"]: x for x in measured_fstar(recs)}
     assert set(fs) == {"fused", "standard"}
     assert fs["fused"]["f_star"] == pytest.approx(0.35)
@@ -181,20 +175,7 @@ def test_knob_runs_are_kept_apart_from_the_main_grid():
     from coqat.sweep.report import fusion_pairs, label_variants
 
     def rec(f, sched, variant, loss):
-        return {
-            "size": "2m",
-            "N": 1e6,
-            "D_total": 1e8,
-            "D_fp": (1 - f) * 1e8,
-            "D_qat": f * 1e8,
-            "bits": 4.0,
-            "f": f,
-            "f_requested": f,
-            "loss": loss,
-            "schedule": sched,
-            "seed": 0.0,
-            "variant": variant,
-        }
+        return _rec(f, loss, sched, size="2m", variant=variant)
 
     recs = [rec(f, "fused", "", 3 + f) for f in (0.0, 0.2, 0.5, 1.0)]
     recs += [rec(0.2, "standard", "", 3.5), rec(0.2, "fused", "qat.cooldown=0.1", 9.0)]
@@ -235,10 +216,7 @@ def test_variant_labels_are_the_same_at_every_size():
     from coqat.sweep.report import label_variants, measured_fstar, refits
 
     def rec(size, f, variant, loss):
-        return {"size": size, "N": 1e6 if size == "2m" else 2e6, "D_total": 1e8,
-                "D_fp": (1 - f) * 1e8, "D_qat": f * 1e8, "bits": 4.0, "f": f,
-                "f_requested": f, "loss": loss, "schedule": "fused", "seed": 0.0,
-                "variant": variant}
+        return _rec(f, loss, size=size, N=1e6 if size == "2m" else 2e6, variant=variant)
 
     F = (0.0, 0.2, 0.5, 1.0)
     recs = [rec("2m", f, "optim.lr=0.003,qat.cooldown_of=qat", 3 + (f - 0.5) ** 2) for f in F]

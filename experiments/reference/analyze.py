@@ -435,18 +435,34 @@ def matching_default(
     return d, bool(same)
 
 
+def paired_with_default(
+    runs: list[dict[str, Any]],
+    records: list[dict[str, Any]],
+    keep: Any,
+    decay: str | None = None,
+) -> list[tuple[dict, dict, bool]]:
+    """(run, its fused default-knob partner, same_call) for every run of ``runs`` that ``keep``
+    accepts and that has a partner among ``records`` (``matching_default``; the partner's decay
+    basis is the run's own unless ``decay`` is given). The one pairing of the schedule, knob and
+    decay comparisons."""
+    idx = _defaults_index(records)
+    out = []
+    for r in runs:
+        if keep(r):
+            d, same = matching_default(r, idx, decay=decay)
+            if d is not None:
+                out.append((r, d, same))
+    return out
+
+
 def schedule_comparison(grid: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[dict]:
     """Fused vs standard at equal total tokens (same size, bits, D, seed, f): loss difference
     (standard - fused; > 0: fusion helps) and FLOPs (equal by construction: same tokens, same
     step cost). ``same_call``: the fused run ran in the same call (same trunk) as the standard."""
-    idx = _defaults_index(records)
     out = []
-    for r in grid:
-        if r["schedule"] != "standard" or overrides_key(r) != "{}":
-            continue
-        fu, same = matching_default(r, idx)
-        if fu is None:
-            continue
+    for r, fu, same in paired_with_default(
+        grid, records, lambda r: r["schedule"] == "standard" and overrides_key(r) == "{}"
+    ):
         out.append(
             {
                 "size": r["size"],
@@ -473,16 +489,11 @@ def knob_comparison(grid: list[dict[str, Any]], records: list[dict[str, Any]]) -
     """Paired knob effects on the H200 (2m, 4-bit, S=80): each override run against the matching
     default run (``matching_default``). f = 0 compares the PTQ loss and, for schedule.cooldown,
     the FP model's loss."""
-    idx = _defaults_index(records)
     out = []
-    for r in grid:
-        ov = knobs_of(r)
-        if not ov or r["schedule"] != "fused":
-            continue
-        d, same = matching_default(r, idx)
-        if d is None:
-            continue
-        ((knob, value),) = ov.items()
+    for r, d, same in paired_with_default(
+        grid, records, lambda r: bool(knobs_of(r)) and r["schedule"] == "fused"
+    ):
+        ((knob, value),) = knobs_of(r).items()
         out.append(
             {
                 "knob": knob,
@@ -538,20 +549,17 @@ def decay_comparison(records: list[dict[str, Any]]) -> dict[str, Any]:
     noise included). diff = total - qat (< 0: the decay over 20% of the run is better). Every
     record counts, repeats too: a decay-qat run can be the partner of a same-call and of an
     other-call pair, never of two pairs in one category."""
-    idx = _defaults_index(records)
+    def keep(r: dict[str, Any]) -> bool:
+        return (
+            r["experiment"] == "grid"
+            and r["schedule"] == "fused"
+            and overrides_key(r) == "{}"
+            and decay_of(r) == "total"
+            and 0.0 < r["f"] < 1.0
+        )
+
     rows = []
-    for r in records:
-        if (
-            r["experiment"] != "grid"
-            or r["schedule"] != "fused"
-            or overrides_key(r) != "{}"
-            or decay_of(r) != "total"
-            or not 0.0 < r["f"] < 1.0
-        ):
-            continue
-        q, same = matching_default(r, idx, decay="qat")
-        if q is None:
-            continue
+    for r, q, same in paired_with_default(records, records, keep, decay="qat"):
         rows.append(
             {
                 "size": r["size"],

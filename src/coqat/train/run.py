@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 import coqat
-from coqat.config import atomic_write_text, config_hash, to_dict
-from coqat.errors import CoqatError
+from coqat.config import atomic_write_text, config_hash, flatten, to_dict
+from coqat.errors import ConfigError, CoqatError
 from coqat.model.llama import Llama
 from coqat.provenance import git_commit
 from coqat.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -406,9 +406,6 @@ def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
     """Refuse to resume ``run_dir``'s checkpoint under a configuration that trains differently
     from the one saved beside it (another fraction, a changed default, ...): the result would
     belong to neither. Settings in RESUME_FREE may differ."""
-    from coqat.config import flatten
-    from coqat.errors import ConfigError
-
     path = run_dir / "config.json"
     if not path.exists():
         return
