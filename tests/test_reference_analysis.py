@@ -140,6 +140,13 @@ def test_dedupe_keeps_complete_grid_and_fills_gaps(an):
     assert [(a["_file"], b["_file"]) for a, b in pairs] == [("a.jsonl", "b.jsonl")]
     assert len(an.main_grid(kept)) == 4
     assert [r["loss"] for r in an.main_grid(kept, "total")] == [8.0]
+    # an f* compares levels within one call's trunk: a's f = 0.1 (another trunk) is left out
+    one = an.one_call(an.main_grid(kept))
+    assert {(r["_file"], r["f"]) for r in one} == {
+        ("b.jsonl", 0.0),
+        ("b.jsonl", 0.2),
+        ("b.jsonl", 0.4),
+    }
 
 
 def test_decay_is_an_axis_not_a_knob(an):
@@ -256,6 +263,7 @@ def test_fstar_intervals(an):
         "bits": 4.0,
         "S_total": 100.0,
         "steps": 5000,
+        "seed": 0,
         "f": F.tolist(),
         "loss": (2.0 + 3.0 * (F - 0.4) ** 2).tolist(),
     }
@@ -266,6 +274,13 @@ def test_fstar_intervals(an):
     lo2, hi2 = flat["f_refined_ci90"]
     assert hi2 - lo2 > 0.5  # a flat curve is not
     assert 0.0 <= out["p_fstar_grows_S_ge_40"]["x/4"] <= 1.0
+    # a second seed at one S is a replicate, not another S: no growth is claimed from it
+    twin = dict(sharp, seed=1, f_refined=0.5)
+    only = an.fstar_intervals([dict(sharp), twin], n=50)
+    assert only["p_fstar_grows_S_ge_40"] == {}
+    rows = [dict(sharp, f_refined=0.3), twin]
+    assert an.growth_by_bits(rows) == {}
+    assert list(an.growth_by_bits(rows + [dict(flat, f_refined=0.6)])) == ["x/4"]
 
 
 def test_a_basis_without_grids_is_left_out(an):

@@ -62,3 +62,32 @@ def test_concurrent_slice_and_done_skip(tiny_data, tmp_path):
         str(tmp_path / "out" / "results.jsonl"),
     )
     assert again == []
+
+
+def _slices():
+    sys.path.insert(0, str(SCRIPT.parent))
+    import run_slice
+
+    return run_slice
+
+
+def test_simulated_schedule_predicts_the_skipped_cell():
+    """Session 4's s12 listed two 4m cells (split 2) before a 12m cell (split 2): four workers
+    took the 4m parts, and when the first freed (~220 s) the 12m part 0 no longer fitted the
+    budget, so the 12m cell never ran although the worker-seconds fitted. The simulation must
+    say so, and must run it once the budget allows."""
+    rs = _slices()
+    s12 = rs.SLICES["s12"]
+    plan = rs.simulate(s12, 0.22, 4, 533)
+    assert set(plan) == {0, 1, 2, 3}  # units 4, 5: the 12m cell's parts, skipped
+    assert all(start == 0.0 for _, start, _ in plan.values())
+    roomy = rs.simulate(s12, 0.22, 4, 2000)
+    assert set(roomy) == set(range(6))
+    w, start, end = roomy[4]
+    assert start == min(e for _, _, e in plan.values())  # the first worker to free takes it
+    assert roomy[5][2] >= start + rs.unit_seconds(rs.slice_units(s12)[5], s12, 0.22) - 1e-6
+    # s10 and s11 ran every unit in session 4; the simulation agrees
+    for name in ("s10", "s11"):
+        assert len(rs.simulate(rs.SLICES[name], 0.22, 4, 533)) == len(
+            rs.slice_units(rs.SLICES[name])
+        )

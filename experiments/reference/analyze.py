@@ -176,6 +176,19 @@ def mae(a: Any, b: Any) -> float:
     return float(np.mean(np.abs(np.asarray(a, float) - np.asarray(b, float))))
 
 
+def one_call(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs of one grid that came from the call holding most of them (ties: the later file).
+    Another call trains its own FP trunk, which shifts a whole 2m curve by up to 0.02 (README 6.):
+    a fraction added from it would compare levels of two trunks, so an f* uses one call's runs."""
+    count: dict[str, int] = defaultdict(int)
+    last: dict[str, int] = {}
+    for r in runs:
+        count[r["_file"]] += 1
+        last[r["_file"]] = max(last.get(r["_file"], -1), r["_order"])
+    main = max(count, key=lambda f: (count[f], last[f]))
+    return [r for r in runs if r["_file"] == main]
+
+
 def fstar_table(grid: list[dict[str, Any]], decay: str = "qat") -> list[dict[str, Any]]:
     """One row per (size, bits, D_total, seed) group of fused default-knob grid runs of one decay
     basis with at least MIN_GRID_POINTS fractions."""
@@ -184,6 +197,7 @@ def fstar_table(grid: list[dict[str, Any]], decay: str = "qat") -> list[dict[str
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in main_grid(grid, decay):
         groups[grid_key(r)].append(r)
+    groups = {k: one_call(rs) for k, rs in groups.items()}
     rows = []
     order = sorted(groups, key=lambda k: (groups[k][0]["N"], -k[1], k[2], k[3], k[4]))
     for k in order:
@@ -266,9 +280,13 @@ def fstar_intervals(rows: list[dict[str, Any]], n: int = 1000, seed: int = 0) ->
     mae_big = np.mean(np.abs(draws[:, big] - fh[big]), axis=1)
     grows = {}
     for k in sorted({(r["size"], r["bits"]) for r in rows}):
-        idx = [j for j, r in enumerate(rows) if (r["size"], r["bits"]) == k and big[j]]
-        if len(idx) >= 2:
-            idx.sort(key=lambda j: S[j])
+        idx = [
+            j
+            for j, r in enumerate(rows)
+            if (r["size"], r["bits"]) == k and big[j] and r["seed"] == 0  # seeds: replicates
+        ]
+        idx.sort(key=lambda j: S[j])
+        if len(idx) >= 2 and S[idx[-1]] > S[idx[0]] * 1.01:
             grows[f"{k[0]}/{k[1]:g}"] = float(np.mean(draws[:, idx[-1]] > draws[:, idx[0]]))
     q = lambda v: [float(np.quantile(v, 0.05)), float(np.quantile(v, 0.95))]  # noqa: E731
     return {
@@ -309,15 +327,77 @@ def closed_form_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def growth_by_bits(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per (size, bit width): f* (refined) ordered by S_total, and whether it is non-decreasing in
-    S over all S and over S >= 40 (tolerance 0.02). Only pairs with at least two S values."""
+# closed-form variants f = exp(-a / ln x): what x carries the optimum (README 1.)
+CLOSED_FORM_VARIANTS = {
+    "S (paper)": ("a",),
+    "S (N / 1e7)^g": ("a", "g"),
+    "D / N": ("a",),
+}
+
+
+def _variant_x(name: str, p: np.ndarray, S: np.ndarray, N: np.ndarray, D: np.ndarray):
+    if name == "S (paper)":
+        return S
+    if name == "S (N / 1e7)^g":
+        return S * (N / 1e7) ** p[1]
+    return D / N
+
+
+def _variant_f(name: str, p: np.ndarray, S, N, D) -> np.ndarray:
+    lx = np.log(np.maximum(_variant_x(name, p, S, N, D), 1.0 + 1e-9))
+    return np.clip(np.exp(-p[0] / lx), 0.0, 1.0)
+
+
+def _fit_variant(name: str, S, N, D, fs) -> np.ndarray:
+    from scipy.optimize import minimize
+
+    def loss(p):
+        return mae(_variant_f(name, p, S, N, D), fs)
+
+    starts = [np.array([6.7297] + [0.0] * (len(CLOSED_FORM_VARIANTS[name]) - 1))]
+    if len(starts[0]) > 1:
+        starts += [np.array([6.7297, g]) for g in (-0.5, 0.5, 1.0)]
+    best = min((minimize(loss, x0, method="Nelder-Mead") for x0 in starts), key=lambda r: r.fun)
+    return best.x
+
+
+def closed_form_variants(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Closed forms f = exp(-a / ln x) fitted by MAE on the refined f*, for x = S_total (the
+    paper), S_total (N / 1e7)^g (does size move f* at fixed S?) and D / N (tokens per parameter,
+    ignoring the bit width): parameters, in-sample and leave-one-out MAE."""
+    S = np.array([r["S_total"] for r in rows], float)
+    N = np.array([r["N"] for r in rows], float)
+    D = np.array([r["D_total"] for r in rows], float)
+    fs = np.array([r["f_refined"] for r in rows], float)
     out = {}
+    for name, names in CLOSED_FORM_VARIANTS.items():
+        p = _fit_variant(name, S, N, D, fs)
+        loo = []
+        for j in range(len(rows)):
+            m = np.arange(len(rows)) != j
+            pj = _fit_variant(name, S[m], N[m], D[m], fs[m])
+            loo.append(
+                abs(_variant_f(name, pj, S[j : j + 1], N[j : j + 1], D[j : j + 1])[0] - fs[j])
+            )
+        out[name] = {
+            "params": dict(zip(names, map(float, p))),
+            "mae_in_sample": mae(_variant_f(name, p, S, N, D), fs),
+            "mae_loo": float(np.mean(loo)),
+        }
+    return out
+
+
+def growth_by_bits(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per (size, bit width): f* (refined, seed 0) ordered by S_total, and whether it is
+    non-decreasing in S over all S and over S >= 40 (tolerance 0.02). Only pairs with at least
+    two S values (other seeds at one S are replicates, not another S)."""
+    out = {}
+    rows = [r for r in rows if r["seed"] == 0]
     for size, b in sorted({(r["size"], r["bits"]) for r in rows}, key=lambda x: (x[0], -x[1])):
         rs = sorted(
             (r for r in rows if (r["size"], r["bits"]) == (size, b)), key=lambda r: r["S_total"]
         )
-        if len(rs) < 2:
+        if len({round(r["S_total"]) for r in rs}) < 2:
             continue
         S = [r["S_total"] for r in rs]
         fs = [r["f_refined"] for r in rs]
@@ -549,6 +629,7 @@ def decay_comparison(records: list[dict[str, Any]]) -> dict[str, Any]:
     noise included). diff = total - qat (< 0: the decay over 20% of the run is better). Every
     record counts, repeats too: a decay-qat run can be the partner of a same-call and of an
     other-call pair, never of two pairs in one category."""
+
     def keep(r: dict[str, Any]) -> bool:
         return (
             r["experiment"] == "grid"
@@ -1156,6 +1237,7 @@ def fstar_section(grid: list[dict[str, Any]], decay: str) -> dict[str, Any]:
     return {
         "fstar": rows,
         "closed_form": closed_form_summary(rows),
+        "closed_form_variants": closed_form_variants(rows),
         "fstar_intervals": fstar_intervals(rows),
         "growth": growth_by_bits(rows),
         "fstar_across_sizes": fstar_across_sizes(rows),
@@ -1259,6 +1341,12 @@ def print_fstar(s: dict[str, Any], decay: str) -> None:
             f"{tag:8s} n={c['n']}  paper a={cf['paper_a']}: MAE {c['mae_paper']:.3f}   "
             f"refit a={c['a_refit']:.3f}: MAE {c['mae_refit_in_sample']:.3f} "
             f"(leave-one-out {c['mae_refit_loo']:.3f})"
+        )
+    for name, v in s["closed_form_variants"].items():
+        ps = ", ".join(f"{k}={x:.3f}" for k, x in v["params"].items())
+        print(
+            f"  f = exp(-a / ln x), x = {name:14s} {ps:22s} MAE {v['mae_in_sample']:.3f} "
+            f"(leave-one-out {v['mae_loo']:.3f})"
         )
     print(f"\n== does f* grow with S_total? (decay {decay}) ==")
     for k, g in s["growth"].items():

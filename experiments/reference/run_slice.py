@@ -243,7 +243,7 @@ SLICES = {
             v2("4m", 1, 80),
         ],
     },
-    # next session, call 1: a fourth size with decay total (12m at 2 bits, S = 80), split so that
+    # session 4, call 1: a fourth size with decay total (12m at 2 bits, S = 80), split so that
     # the cell uses three workers; the 17m lr sweep down to 7.5e-4 (it ended at its lower edge,
     # 1.5e-3) on the fourth
     "s10": {
@@ -252,7 +252,7 @@ SLICES = {
         "lr": {"12m": 3e-3},
         "grids": [v2("12m", 2, 80, split=3)],
     },
-    # next session, call 2: a fifth size (17m, 1 bit, S = 80, at the best of the three 17m rates
+    # session 4, call 2: a fifth size (17m, 1 bit, S = 80, at the best of the three 17m rates
     # once s10's sweep point is passed with --done); on the fourth worker, fused vs standard with
     # decay total at 4 and 6 bits (same call: same trunk) and a second seed of the 2m 4-bit grid
     "s11": {
@@ -266,10 +266,10 @@ SLICES = {
             v2("2m", 4, 80, fractions=(0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 1.0), seeds=(1,)),
         ],
     },
-    # next session, call 3: does f* grow with S under decay total? S = 320 at 4m (2 and 1 bits;
-    # the decay-qat 4m 1-bit optimum grew 0.29 -> 0.55 there); 12m at 1 bit. Later: 7m 1-bit
-    # S = 320 and 7m 4-bit S = 80 (split 3: a 7m worker ran at 0.19 x the bench among four),
-    # 30m 1-bit
+    # session 4, call 3: does f* grow with S under decay total? S = 320 at 4m (2 and 1 bits;
+    # the decay-qat 4m 1-bit optimum grew 0.29 -> 0.55 there); 12m at 1 bit. The 12m cell, last
+    # in the list, never ran: when the first 4m part ended (~250 s) it no longer fitted the
+    # budget (`simulate` now shows this before a call; s13 takes it first)
     "s12": {
         "lr_sweep": {},
         "lr": {"4m": 1.5e-3, "12m": 3e-3},
@@ -278,6 +278,34 @@ SLICES = {
             v2("4m", 1, 320, split=2),
             v2("12m", 1, 80, split=2),
         ],
+    },
+    # next session, call 1 (4 workers, --eff 0.32): the sixth size's LR sweep (30m, 1.5e-3 and
+    # 3e-3 at 10 tokens per parameter, ~300M tokens each, ~325 GPU-seconds together) and s12's
+    # missed 12m 1-bit cell (~150 GPU-seconds); the 12m parts end first and leave the GPU to
+    # the sweep (a 30m step is compute-bound: concurrent workers share ~1.8M tokens/s)
+    "s13": {
+        "lr_sweep": {"30m": (1.5e-3, 3e-3)},
+        "lr_sweep_tokens_per_param": 10,
+        "lr": {"12m": 3e-3},
+        "grids": [v2("12m", 1, 80, split=2)],
+    },
+    # next session, call 2 (3 workers, --eff 0.35, --done with s13's results for the 30m lr):
+    # 30m at 1 bit, S = 80, three fractions around the law's optimum (0.44 at 17m). Nine
+    # fractions would be ~0.3 GPU-hours, and a 10-minute call keeps no checkpoint for the next;
+    # split 3, the trunk worker's ~300M tokens (alone, then shared) end after ~350 s
+    "s14": {
+        "lr_sweep": {},
+        "lr": {},
+        "grids": [v2("30m", 1, 80, fractions=(0.2, 0.45, 0.7), split=3)],
+    },
+    # next session, call 3 (1 worker, --eff 0.9): the held-out size, 50m (48.5M parameters) at
+    # 1 bit, S = 80: one run of 485M tokens is ~415 s of the whole GPU (1.17M tokens/s, bench
+    # 2026-11-29), so one fraction per call, at the law's optimum; lr 1.5e-3 (17m's, bracketed;
+    # no 50m sweep fits the budget)
+    "s15": {
+        "lr_sweep": {},
+        "lr": {"50m": 1.5e-3},
+        "grids": [v2("50m", 1, 80, fractions=(0.45,))],
     },
     # (session 1's plan for the next session; superseded by s3 below)
     "s3-draft": {
@@ -496,25 +524,82 @@ def unit_tokens(u: dict, sl: dict, data: str = "/tmp/linux") -> int:
     return max(branch) * tps + sum(c.tokens - b * tps for c, b in zip(cfgs, branch))
 
 
-def estimate(sl: dict, efficiency: float = 0.5, workers: int = 1) -> None:
-    """Print each unit's tokens and its time on one worker at ``efficiency`` x the bench
-    throughput (a part of a split cell: until it ends, waiting for the trunk included), then the
-    slice's worker-seconds spread over ``workers`` and its longest unit (a lower bound on the
-    wall time either way)."""
-    total, longest = 0.0, 0.0
+def unit_seconds(u: dict, sl: dict, efficiency: float) -> float:
+    """One unit's time on one worker at ``efficiency`` x the bench throughput."""
+    return unit_tokens(u, sl) / (efficiency * bench_tokens_per_s(u["size"]))
+
+
+def simulate(sl: dict, efficiency: float, workers: int, budget_s: float) -> dict[int, tuple]:
+    """The schedule ``run_units`` would follow at the assumed speed: every worker walks the units
+    once, in priority order, and claims each one that is unclaimed, fits in the budget and (a
+    later part of a split cell) whose part 0 is claimed. Returns {unit id: (worker, start, end)};
+    a unit missing from it would be skipped. A later part ends no earlier than its part 0 started
+    plus its own span (``split_cell``), and no earlier than its start plus the runs it trains."""
+    units = slice_units(sl)
+    secs = {u["id"]: unit_seconds(u, sl, efficiency) for u in units}
+    clock = [0.0] * workers
+    pos = [0] * workers
+    plan: dict[int, tuple] = {}
+    while True:
+        live = [w for w in range(workers) if pos[w] < len(units)]
+        if not live:
+            return plan
+        w = min(live, key=lambda v: (clock[v], v))
+        u = units[pos[w]]
+        pos[w] += 1
+        t = clock[w]
+        if u["id"] in plan:
+            continue
+        end = t + secs[u["id"]]
+        if u.get("part"):
+            head = plan.get(u["id"] - u["part"])
+            if head is None:
+                continue
+            own = secs[u["id"]] * _private_share(u, sl)
+            end = max(head[1] + secs[u["id"]], t + own)
+        if end > budget_s:
+            continue
+        plan[u["id"]] = (w, t, end)
+        clock[w] = end
+
+
+def _private_share(u: dict, sl: dict) -> float:
+    """Fraction of a split part's span (``unit_tokens``) that is its own training, not waiting."""
+    from coqat.train.phases import plan_phases
+
+    cfgs = grid_configs(u, sl, 1e-3, "/tmp/linux")
+    share, free = split_cell(cfgs, u["parts"])
+    tps = cfgs[0].tokens_per_step
+    own = sum(c.tokens - plan_phases(c).branch_step * tps for c in share[u["part"]])
+    return own / max(free[u["part"]], 1)
+
+
+def estimate(sl: dict, efficiency: float = 0.5, workers: int = 1, budget_s: float = 540) -> None:
+    """Print each unit's tokens, its time on one worker at ``efficiency`` x the bench throughput
+    (a part of a split cell: until it ends, waiting for the trunk included) and where the
+    simulated schedule (``simulate``) puts it, then the slice's worker-seconds over ``workers``,
+    the simulated wall time, and the units the budget would leave out."""
+    plan = simulate(sl, efficiency, workers, budget_s)
+    total = 0.0
     for u in slice_units(sl):
         tok = unit_tokens(u, sl)
         sec = tok / (efficiency * bench_tokens_per_s(u["size"]))
         total += sec
-        longest = max(longest, sec)
         desc = {k: v for k, v in u.items() if k not in ("id", "kind", "parts")}
         if u["kind"] == "grid":
             desc |= {"bits": sl["grids"][u["grid"]]["bits"]}
-        print(f"{u['id']:3d} {u['kind']:4s} {json.dumps(desc):70s} {tok / 1e6:8.1f}M {sec:6.0f} s")
+        w, t0, t1 = plan.get(u["id"], (None, 0.0, 0.0))
+        where = f"worker {w}: {t0:4.0f}-{t1:4.0f} s" if w is not None else "SKIPPED"
+        print(
+            f"{u['id']:3d} {u['kind']:4s} {json.dumps(desc):70s} {tok / 1e6:8.1f}M {sec:6.0f} s"
+            f"  {where}"
+        )
+    skipped = len(slice_units(sl)) - len(plan)
+    wall = max((t1 for _, _, t1 in plan.values()), default=0.0)
     print(
-        f"total {total:.0f} worker-seconds at {efficiency:g} x bench per worker: "
-        f">= {max(total / workers, longest):.0f} s of wall time on {workers} worker(s) "
-        f"(longest unit {longest:.0f} s)"
+        f"total {total:.0f} worker-seconds at {efficiency:g} x bench per worker; simulated wall "
+        f"time on {workers} worker(s) {wall:.0f} s of the {budget_s:g} s budget; "
+        f"{skipped} unit(s) skipped"
     )
 
 
@@ -566,7 +651,7 @@ def main() -> None:
     ap.add_argument("--t-start", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.estimate:
-        return estimate(SLICES[args.slice], args.eff, args.workers)
+        return estimate(SLICES[args.slice], args.eff, args.workers, args.budget_s)
     t_start = args.t_start or time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
