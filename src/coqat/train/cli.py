@@ -82,7 +82,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--out", default="coqat-quickstart", help="working folder")
     q.add_argument("--tokens", type=float, default=6e5, help="training tokens per run")
-    q.add_argument("--bits", type=float, default=4.0, help="bit width of the QAT runs")
+    q.add_argument("--bits", type=float, default=2.0, help="bit width of the QAT runs")
     q.add_argument("--device", default="auto", help="auto, cpu or cuda")
     q.set_defaults(func=_quickstart)
 
