@@ -531,8 +531,9 @@ def unit_seconds(u: dict, sl: dict, efficiency: float) -> float:
 
 def simulate(sl: dict, efficiency: float, workers: int, budget_s: float) -> dict[int, tuple]:
     """The schedule ``run_units`` would follow at the assumed speed: every worker walks the units
-    once, in priority order, and claims each one that is unclaimed, fits in the budget and (a
-    later part of a split cell) whose part 0 is claimed. Returns {unit id: (worker, start, end)};
+    once, in priority order, and claims each one that is unclaimed, fits in the budget (its
+    whole span from now, the test ``run_units`` makes) and (a later part of a split cell) whose
+    part 0 is claimed. Returns {unit id: (worker, start, end)};
     a unit missing from it would be skipped. A later part ends no earlier than its part 0 started
     plus its own span (``split_cell``), and no earlier than its start plus the runs it trains."""
     units = slice_units(sl)
@@ -550,15 +551,15 @@ def simulate(sl: dict, efficiency: float, workers: int, budget_s: float) -> dict
         t = clock[w]
         if u["id"] in plan:
             continue
+        if t + secs[u["id"]] > budget_s:  # run_units' test: the whole span from now must fit
+            continue
         end = t + secs[u["id"]]
         if u.get("part"):
             head = plan.get(u["id"] - u["part"])
             if head is None:
                 continue
             own = secs[u["id"]] * _private_share(u, sl)
-            end = max(head[1] + secs[u["id"]], t + own)
-        if end > budget_s:
-            continue
+            end = min(end, max(head[1] + secs[u["id"]], t + own))
         plan[u["id"]] = (w, t, end)
         clock[w] = end
 
