@@ -83,24 +83,29 @@ def grid_key(r: dict[str, Any]) -> tuple:
     )
 
 
+def main_file(runs: list[dict[str, Any]]) -> str:
+    """The results file holding most of ``runs`` (ties: the one with the later last record): the
+    call that ran the complete grid."""
+    count: dict[str, int] = defaultdict(int)
+    last: dict[str, int] = {}
+    for r in runs:
+        count[r["_file"]] += 1
+        last[r["_file"]] = max(last.get(r["_file"], -1), r["_order"])
+    return max(count, key=lambda f: (count[f], last[f]))
+
+
 def dedupe_grid(records: list[dict[str, Any]]) -> tuple[list[dict], list[tuple[dict, dict]]]:
     """Grid runs with one record per (size, bits, D_total, schedule, seed, overrides, f).
 
     A configuration that ran more than once (a call cut short and re-run; a session-2 repeat of a
     session-1 point) keeps the record of the file holding the most runs of its group, i.e. the
-    complete grid (ties: the later file); the other records become replicate pairs (earlier,
-    later), which measure run-to-run nondeterminism. Returns (kept, pairs)."""
+    complete grid (``main_file``); the other records become replicate pairs (earlier, later),
+    which measure run-to-run nondeterminism. Returns (kept, pairs)."""
     grid = [r for r in records if r["experiment"] == "grid"]
-    count: dict[tuple, int] = defaultdict(int)
-    last_order: dict[tuple, int] = {}
+    by_key: dict[tuple, list[dict]] = defaultdict(list)
     for r in grid:
-        count[(grid_key(r), r["_file"])] += 1
-        last_order[(grid_key(r), r["_file"])] = r["_order"]
-    best: dict[tuple, str] = {}
-    for (k, f), n in count.items():
-        cur = best.get(k)
-        if cur is None or (n, last_order[(k, f)]) > (count[(k, cur)], last_order[(k, cur)]):
-            best[k] = f
+        by_key[grid_key(r)].append(r)
+    best = {k: main_file(rs) for k, rs in by_key.items()}
     kept: dict[tuple, dict] = {}
     others: list[dict] = []
     for r in grid:
@@ -177,15 +182,10 @@ def mae(a: Any, b: Any) -> float:
 
 
 def one_call(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The runs of one grid that came from the call holding most of them (ties: the later file).
-    Another call trains its own FP trunk, which shifts a whole 2m curve by up to 0.02 (README 6.):
-    a fraction added from it would compare levels of two trunks, so an f* uses one call's runs."""
-    count: dict[str, int] = defaultdict(int)
-    last: dict[str, int] = {}
-    for r in runs:
-        count[r["_file"]] += 1
-        last[r["_file"]] = max(last.get(r["_file"], -1), r["_order"])
-    main = max(count, key=lambda f: (count[f], last[f]))
+    """The runs of one grid that came from its ``main_file``. Another call trains its own FP
+    trunk, which shifts a whole 2m curve by up to 0.02 (README 6.): a fraction added from it would
+    compare levels of two trunks, so an f* uses one call's runs."""
+    main = main_file(runs)
     return [r for r in runs if r["_file"] == main]
 
 
@@ -327,17 +327,15 @@ def closed_form_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-# closed-form variants f = exp(-a / ln x): what x carries the optimum (README 1.)
+# closed-form variants f = exp(-a / ln x) beside the paper's x = S_total (refitted in
+# closed_form_summary): what x carries the optimum (README 1.)
 CLOSED_FORM_VARIANTS = {
-    "S (paper)": ("a",),
     "S (N / 1e7)^g": ("a", "g"),
     "D / N": ("a",),
 }
 
 
 def _variant_x(name: str, p: np.ndarray, S: np.ndarray, N: np.ndarray, D: np.ndarray):
-    if name == "S (paper)":
-        return S
     if name == "S (N / 1e7)^g":
         return S * (N / 1e7) ** p[1]
     return D / N
@@ -362,9 +360,10 @@ def _fit_variant(name: str, S, N, D, fs) -> np.ndarray:
 
 
 def closed_form_variants(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Closed forms f = exp(-a / ln x) fitted by MAE on the refined f*, for x = S_total (the
-    paper), S_total (N / 1e7)^g (does size move f* at fixed S?) and D / N (tokens per parameter,
-    ignoring the bit width): parameters, in-sample and leave-one-out MAE."""
+    """Closed forms f = exp(-a / ln x) fitted by MAE on the refined f*, for x = S_total (N / 1e7)^g
+    (does size move f* at fixed S?) and D / N (tokens per parameter, ignoring the bit width):
+    parameters, in-sample and leave-one-out MAE, to set beside ``closed_form_summary``'s refit
+    of the paper's x = S_total."""
     S = np.array([r["S_total"] for r in rows], float)
     N = np.array([r["N"] for r in rows], float)
     D = np.array([r["D_total"] for r in rows], float)

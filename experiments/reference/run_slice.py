@@ -581,10 +581,11 @@ def estimate(sl: dict, efficiency: float = 0.5, workers: int = 1, budget_s: floa
     simulated schedule (``simulate``) puts it, then the slice's worker-seconds over ``workers``,
     the simulated wall time, and the units the budget would leave out."""
     plan = simulate(sl, efficiency, workers, budget_s)
+    units = slice_units(sl)
     total = 0.0
-    for u in slice_units(sl):
+    for u in units:
         tok = unit_tokens(u, sl)
-        sec = tok / (efficiency * bench_tokens_per_s(u["size"]))
+        sec = unit_seconds(u, sl, efficiency)
         total += sec
         desc = {k: v for k, v in u.items() if k not in ("id", "kind", "parts")}
         if u["kind"] == "grid":
@@ -595,7 +596,7 @@ def estimate(sl: dict, efficiency: float = 0.5, workers: int = 1, budget_s: floa
             f"{u['id']:3d} {u['kind']:4s} {json.dumps(desc):70s} {tok / 1e6:8.1f}M {sec:6.0f} s"
             f"  {where}"
         )
-    skipped = len(slice_units(sl)) - len(plan)
+    skipped = len(units) - len(plan)
     wall = max((t1 for _, _, t1 in plan.values()), default=0.0)
     print(
         f"total {total:.0f} worker-seconds at {efficiency:g} x bench per worker; simulated wall "
