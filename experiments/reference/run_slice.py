@@ -279,15 +279,21 @@ SLICES = {
             v2("12m", 1, 80, split=2),
         ],
     },
-    # next session, call 1 (4 workers, --eff 0.32): the sixth size's LR sweep (30m, 1.5e-3 and
-    # 3e-3 at 10 tokens per parameter, ~300M tokens each, ~325 GPU-seconds together) and s12's
-    # missed 12m 1-bit cell (~150 GPU-seconds); the 12m parts end first and leave the GPU to
-    # the sweep (a 30m step is compute-bound: concurrent workers share ~1.8M tokens/s)
+    # session 5, call 1 (4 workers, --eff 0.22): the sixth size's LR check (30m, 1.5e-3 and 3e-3
+    # at 5 tokens per parameter, ~150M tokens each: at 10 the two runs would not end within a
+    # call while sharing the GPU; the per-worker share of a 17m unit was 0.21-0.25 in s8/s10);
+    # the first S = 1000 grid (2m, 1 bit, decay total); fused vs standard with decay total at 2
+    # and 1 bits (2m and 4m at 1 bit, S = 80; same call, same trunk), where the paper saw no gain
     "s13": {
         "lr_sweep": {"30m": (1.5e-3, 3e-3)},
-        "lr_sweep_tokens_per_param": 10,
-        "lr": {"12m": 3e-3},
-        "grids": [v2("12m", 1, 80, split=2)],
+        "lr_sweep_tokens_per_param": 5,
+        "lr": {"2m": 3e-3, "4m": 1.5e-3},
+        "grids": [
+            v2("2m", 1, 1000, split=2),
+            v2("2m", 2, 80, fractions=(0.1, 0.2, 0.4, 0.6), schedules=("standard", "fused")),
+            v2("2m", 1, 80, fractions=(0.1, 0.2, 0.4, 0.6), schedules=("standard", "fused")),
+            v2("4m", 1, 80, fractions=(0.1, 0.2, 0.4, 0.6), schedules=("standard", "fused")),
+        ],
     },
     # next session, call 2 (3 workers, --eff 0.35, --done with s13's results for the 30m lr):
     # 30m at 1 bit, S = 80, three fractions around the law's optimum (0.44 at 17m). Nine
