@@ -295,10 +295,11 @@ SLICES = {
             v2("4m", 1, 80, fractions=(0.1, 0.2, 0.4, 0.6), schedules=("standard", "fused")),
         ],
     },
-    # next session, call 2 (3 workers, --eff 0.35, --done with s13's results for the 30m lr):
+    # session 5, call 2 (3 workers, --eff 0.32, --done with s13's results for the 30m lr, 1.5e-3):
     # 30m at 1 bit, S = 80, three fractions around the law's optimum (0.44 at 17m). Nine
     # fractions would be ~0.3 GPU-hours, and a 10-minute call keeps no checkpoint for the next;
-    # split 3, the trunk worker's ~300M tokens (alone, then shared) end after ~350 s
+    # split 3: the trunk runs alone until the f = 0.7 branch (0.3 D), so the real shares exceed
+    # the uniform --eff of the estimate
     "s14": {
         "lr_sweep": {},
         "lr": {},
