@@ -865,7 +865,9 @@ HOLDOUT_RULES = {
     "N_ge_7m": "N>=6e6",  # fit 2m + 4m, predict every larger size (7m; 12m, 17m at decay qat)
     "N_ge_7m_S_ge_40": "N>=6e6",
     "within_S": HOLDOUT_S,  # fit S <= 80 (+ FP baselines), predict the quantized S = 320 runs
+    "N_ge_30m": "N>=2e7",  # fit 2m-17m, predict 30m (3 fractions) and 50m (1 run), session 5
 }
+LARGE_N = 2e7  # sizes with a few fractions only (30m, 50m): held out, never in the f* table
 
 
 def compare_laws(grid: list[dict[str, Any]], decay: str = "qat") -> dict[str, Any]:
@@ -890,6 +892,53 @@ def compare_laws(grid: list[dict[str, Any]], decay: str = "qat") -> dict[str, An
         except Exception as e:
             out[tag] = {"rule": rule, "error": f"{type(e).__name__}: {e}"}
     return out
+
+
+def large_sizes(grid: list[dict[str, Any]], decay: str = "total") -> dict[str, Any]:
+    """The sizes above LARGE_N, each with a few fractions (one call's runs): the measured losses,
+    QATLaw fitted on every smaller size (PTQ runs dropped) predicting them, and that law's
+    continuous optimum there next to the paper's closed form."""
+    from coqat.law import PAPER_A, QATLaw, fit_law
+    from coqat.plan import optimal_fraction
+
+    runs = law_runs(main_grid(grid, decay))
+    small = runs.filter((runs.N < LARGE_N) & ~((runs.bits < 16) & (runs.D_qat <= 0)))
+    big = [r for r in main_grid(grid, decay) if r["N"] >= LARGE_N]
+    if not big or not len(small):
+        return {}
+    law = fit_law(QATLaw(), small, seed=0)
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in big:
+        groups[grid_key(r)].append(r)
+    rows = []
+    for k in sorted(groups, key=lambda k: (groups[k][0]["N"], -k[1], k[2])):
+        rs = sorted(one_call(groups[k]), key=lambda r: r["f"])
+        r0 = rs[0]
+        pred = law.predict(
+            np.full(len(rs), r0["N"]),
+            np.array([r["D_fp"] for r in rs]),
+            np.array([r["D_qat"] for r in rs]),
+            np.full(len(rs), r0["bits"]),
+        )
+        o = optimal_fraction(law, r0["N"], r0["D_total"], r0["bits"], level=None)
+        rows.append(
+            {
+                "size": k[0],
+                "N": int(r0["N"]),
+                "bits": k[1],
+                "D_total": k[2],
+                "S_total": float(r0["S_total"]),
+                "steps": int(r0["steps"]),
+                "f": [r["f"] for r in rs],
+                "loss": [r["loss"] for r in rs],
+                "law_pred": np.asarray(pred).tolist(),
+                "rel_err": (np.asarray(pred) / np.array([r["loss"] for r in rs]) - 1).tolist(),
+                "f_law": o["f_opt"],
+                "f_hat_paper": float(closed_form(r0["S_total"], PAPER_A)[0]),
+                "f_best_measured": rs[int(np.argmin([r["loss"] for r in rs]))]["f"],
+            }
+        )
+    return {"n_fit": len(small), "params_at_bounds": _at_bounds(law), "groups": rows}
 
 
 # ---- noise from replicates -----------------------------------------------------------------------
@@ -954,6 +1003,16 @@ def slice_logs(paths: list[Path] | None = None) -> dict[str, dict[str, Any]]:
                 "wall_s": float(m.group(1)),
                 "workers": len(codes.group(1).split(",")) if codes else 1,
                 "worker_exit_codes": [int(c) for c in codes.group(1).split(",")] if codes else [0],
+            }
+            continue
+        # a one-worker slice from before run_slice printed its closing line there (session5-s15):
+        # the last "worker N done at T s" is the wall time
+        done = re.findall(r"^worker (\d+) done at (\d+) s", text, flags=re.M)
+        if done:
+            out[Path(p).stem] = {
+                "wall_s": max(float(t) for _, t in done),
+                "workers": len({w for w, _ in done}),
+                "worker_exit_codes": [0] * len({w for w, _ in done}),
             }
     return out
 
@@ -1281,6 +1340,7 @@ def analyze(with_laws: bool = True) -> dict[str, Any]:
         for d, sec in summary["decay"].items():
             sec["qat_law"] = fit_qat_laws(grid, sec["fstar"], d)
             sec["law_comparison"] = compare_laws(grid, d)
+            sec["large_sizes"] = large_sizes(grid, d)
     return summary
 
 
@@ -1380,6 +1440,22 @@ def print_laws(s: dict[str, Any], decay: str) -> None:
                     for x in q["f_opt"]
                 )
             )
+        ls = s.get("large_sizes") or {}
+        if ls:
+            print(
+                f"\n== sizes >= {LARGE_N:.0e} (a few fractions each; QATLaw fitted on "
+                f"{ls['n_fit']} smaller-size runs, at bounds {ls['params_at_bounds']}) =="
+            )
+            for g in ls["groups"]:
+                pts = ", ".join(
+                    f"f={f:.2f}: {y:.4f} (law {p:.4f}, {e:+.2%})"
+                    for f, y, p, e in zip(g["f"], g["loss"], g["law_pred"], g["rel_err"])
+                )
+                print(
+                    f"{g['size']:>4} {g['bits']:g}b S={g['S_total']:.0f} ({g['steps']} st): {pts}; "
+                    f"best measured f {g['f_best_measured']:.2f}, law f_opt {g['f_law']:.2f}, "
+                    f"f_hat {g['f_hat_paper']:.2f}"
+                )
         lc = s["law_comparison"]
         for tag in HOLDOUT_RULES:
             if tag not in lc:

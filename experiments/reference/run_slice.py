@@ -690,6 +690,8 @@ def main() -> None:
         print(f"slice done in {time.time() - t_start:.0f} s, worker exit codes {codes}", flush=True)
         raise SystemExit(max(codes))
     run_units(args, SLICES[args.slice], out, work, t_start)
+    if args.worker_index is None:  # one worker, in this process: the same closing line
+        print(f"slice done in {time.time() - t_start:.0f} s, worker exit codes [0]", flush=True)
 
 
 def run_units(args, sl: dict, out: Path, work: Path, t_start: float) -> None:
