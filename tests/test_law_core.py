@@ -174,6 +174,19 @@ def test_qat_law_finite_at_endpoints_and_interior_optimum():
     assert L_fp == pytest.approx(p["E"] + p["A"] / 1e7 ** p["alpha"] + p["B"] / 1e9 ** p["beta"])
 
 
+@pytest.mark.parametrize("xi", [0.0, -0.5])
+def test_qat_law_without_positive_xi_has_no_interior_optimum(xi):
+    """Why QATLaw bounds xi below by 0: with xi <= 0 and omega, rho >= 0 every penalty term falls
+    as f grows at fixed D, so the best fraction is always QAT from scratch."""
+    law = QATLaw({**EXAMPLE_QAT_PARAMS, "xi": xi})
+    f = np.linspace(0, 1, 1001)
+    for N, S, B in [(2e6, 20, 1), (3e7, 200, 4), (1e9, 1e4, 6)]:
+        L = law.loss_at_fraction(N, S * N * B / 8, B, f)
+        assert np.all(np.diff(L) < 0)
+    lo = {n: lo for n, _lg, lo, *_ in QATLaw._spec}
+    assert lo["xi"] == 0.0 and lo["omega"] == 0.0
+
+
 # ---- JSON, loading, bad inputs ----------------------------------------------------------------
 def test_json_round_trip(tmp_path):
     law = QATLaw(EXAMPLE_QAT_PARAMS)

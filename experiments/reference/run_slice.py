@@ -305,14 +305,25 @@ SLICES = {
         "lr": {},
         "grids": [v2("30m", 1, 80, fractions=(0.2, 0.45, 0.7), split=3)],
     },
-    # next session, call 3 (1 worker, --eff 0.9): the held-out size, 50m (48.5M parameters) at
-    # 1 bit, S = 80: one run of 485M tokens is ~415 s of the whole GPU (1.17M tokens/s, bench
-    # 2026-11-29), so one fraction per call, at the law's optimum; lr 1.5e-3 (17m's, bracketed;
-    # no 50m sweep fits the budget)
+    # session 5, call 3 (1 worker, --eff 0.9): the held-out size, 50m (48.5M parameters) at
+    # 1 bit, S = 80: one run of 485M tokens took 532 s alone (compilation and evaluations
+    # included; bench 2026-11-29: 1.17M tokens/s), so one fraction per call; lr 1.5e-3 (17m's and
+    # 30m's best; no 50m sweep fits the budget)
     "s15": {
         "lr_sweep": {},
         "lr": {"50m": 1.5e-3},
         "grids": [v2("50m", 1, 80, fractions=(0.45,))],
+    },
+    # next session: bracket the 50m optimum (the law says 0.58-0.65, 30m measured >= 0.45), one
+    # fraction per call (--workers 1 --eff 0.8, as s15 measured; each call trains its own FP trunk)
+    "s16": {"lr_sweep": {}, "lr": {"50m": 1.5e-3}, "grids": [v2("50m", 1, 80, fractions=(0.2,))]},
+    "s17": {"lr_sweep": {}, "lr": {"50m": 1.5e-3}, "grids": [v2("50m", 1, 80, fractions=(0.7,))]},
+    # next session: is the 30m curve interior? f = 0.1 and 1 (QAT from scratch) at 1 bit, S = 80
+    # (--workers 2 --eff 0.4: two 300M-token runs; 0.1 trains its own trunk to 0.9 D)
+    "s18": {
+        "lr_sweep": {},
+        "lr": {"30m": 1.5e-3},
+        "grids": [v2("30m", 1, 80, fractions=(0.1, 1.0), split=2)],
     },
     # (session 1's plan for the next session; superseded by s3 below)
     "s3-draft": {
