@@ -941,6 +941,51 @@ def large_sizes(grid: list[dict[str, Any]], decay: str = "total") -> dict[str, A
     return {"n_fit": len(small), "params_at_bounds": _at_bounds(law), "groups": rows}
 
 
+HUBER_DELTAS = (
+    1e-3,
+    1e-2,
+    3e-2,
+    1.0,
+)  # 1e-3: the paper's (and coqat's default); 1.0 ~ least squares
+
+
+def huber_delta_sensitivity(
+    grid: list[dict[str, Any]], rows: list[dict[str, Any]], decay: str = "total"
+) -> list[dict[str, Any]]:
+    """QATLaw refitted with other Huber deltas: in-sample errors, the optimum's MAE vs the measured
+    f*, and the held-out error on the sizes above LARGE_N (fitted without them). Asks whether the
+    robust fit's flat optimum comes from treating the steep low-f points as outliers."""
+    from coqat.law import QATLaw, fit_law
+    from coqat.plan import optimal_fraction
+
+    runs = law_runs(main_grid(grid, decay))
+    runs = runs.filter(~((runs.bits < 16) & (runs.D_qat <= 0)))
+    small, big = runs.filter(runs.N < LARGE_N), runs.filter(runs.N >= LARGE_N)
+    out = []
+    for delta in HUBER_DELTAS:
+        law = fit_law(QATLaw(), runs, seed=0, delta=delta)
+        fo = [
+            optimal_fraction(law, r["N"], r["D_total"], r["bits"], level=None)["f_opt"]
+            for r in rows
+        ]
+        rec = {
+            "delta": delta,
+            "mean_rel_err": law.fit_report_["mean_rel_err"],
+            "max_rel_err": law.fit_report_["max_rel_err"],
+            "f_opt": fo,
+            "f_opt_mae": mae(fo, [r["f_refined"] for r in rows]),
+        }
+        if len(big) and len(small):
+            held = fit_law(QATLaw(), small, seed=0, delta=delta)
+            rel = np.abs(held.predict_runs(big) / big.loss - 1)
+            rec |= {
+                "heldout_mean_rel_err": float(rel.mean()),
+                "heldout_max_rel_err": float(rel.max()),
+            }
+        out.append(rec)
+    return out
+
+
 # ---- noise from replicates -----------------------------------------------------------------------
 def replicates(records: list[dict[str, Any]], pairs: list[tuple[dict, dict]]) -> dict[str, Any]:
     """Identical configurations that ran twice:
@@ -1341,6 +1386,8 @@ def analyze(with_laws: bool = True) -> dict[str, Any]:
             sec["qat_law"] = fit_qat_laws(grid, sec["fstar"], d)
             sec["law_comparison"] = compare_laws(grid, d)
             sec["large_sizes"] = large_sizes(grid, d)
+            if d == "total":
+                sec["huber_delta"] = huber_delta_sensitivity(grid, sec["fstar"], d)
     return summary
 
 
@@ -1456,6 +1503,18 @@ def print_laws(s: dict[str, Any], decay: str) -> None:
                     f"best measured f {g['f_best_measured']:.2f}, law f_opt {g['f_law']:.2f}, "
                     f"f_hat {g['f_hat_paper']:.2f}"
                 )
+        for h in s.get("huber_delta", []):
+            held = (
+                f"; held-out >= {LARGE_N:.0e}: {h['heldout_mean_rel_err']:.2%} mean, "
+                f"{h['heldout_max_rel_err']:.2%} max"
+                if "heldout_mean_rel_err" in h
+                else ""
+            )
+            print(
+                f"Huber delta {h['delta']:g}: in-sample {h['mean_rel_err']:.2%} mean, "
+                f"{h['max_rel_err']:.2%} max; f_opt MAE vs f* {h['f_opt_mae']:.3f} "
+                f"(f_opt {min(h['f_opt']):.2f}-{max(h['f_opt']):.2f}){held}"
+            )
         lc = s["law_comparison"]
         for tag in HOLDOUT_RULES:
             if tag not in lc:
