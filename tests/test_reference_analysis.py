@@ -300,10 +300,14 @@ def test_slice_logs_reads_one_worker_logs(an, tmp_path):
     one.write_text('{"w": 0, "t": 530}\nworker 0 done at 532 s\n')
     cut = tmp_path / "session9-s3.log"  # killed: no worker finished, no wall time to report
     cut.write_text('{"w": 0, "t": 10}\n')
-    out = an.slice_logs([multi, one, cut])
+    killed = tmp_path / "session9-s4.log"  # several workers, one finished, then the call was killed
+    killed.write_text('{"w": 1, "t": 300}\nworker 1 done at 300 s\n{"w": 0, "t": 500}\n')
+    killed0 = tmp_path / "session9-s5.log"  # the same with worker 0 the one that finished
+    killed0.write_text('{"w": 0, "t": 300}\nworker 0 done at 300 s\n{"w": 2, "t": 500}\n')
+    out = an.slice_logs([multi, one, cut, killed, killed0])
     assert out["session9-s1"] == {"wall_s": 42.0, "workers": 2, "worker_exit_codes": [0, -11]}
     assert out["session9-s2"] == {"wall_s": 532.0, "workers": 1, "worker_exit_codes": [0]}
-    assert "session9-s3" not in out
+    assert not {"session9-s3", "session9-s4", "session9-s5"} & set(out)
 
 
 def test_large_sizes_stay_out_of_the_fstar_table(an, summary):

@@ -1051,13 +1051,15 @@ def slice_logs(paths: list[Path] | None = None) -> dict[str, dict[str, Any]]:
             }
             continue
         # a one-worker slice from before run_slice printed its closing line there (session5-s15):
-        # the last "worker N done at T s" is the wall time
+        # its worker's "done" line is the wall time. Several workers without the closing line =
+        # a killed call: wall time and exit codes unknown, left out
         done = re.findall(r"^worker (\d+) done at (\d+) s", text, flags=re.M)
-        if done:
+        seen = set(re.findall(r'^\{"w": (\d+)', text, flags=re.M)) | {w for w, _ in done}
+        if len(done) == 1 and seen == {"0"}:
             out[Path(p).stem] = {
-                "wall_s": max(float(t) for _, t in done),
-                "workers": len({w for w, _ in done}),
-                "worker_exit_codes": [0] * len({w for w, _ in done}),
+                "wall_s": float(done[0][1]),
+                "workers": 1,
+                "worker_exit_codes": [0],
             }
     return out
 
