@@ -318,6 +318,13 @@ SLICES = {
     # fraction per call (--workers 1 --eff 0.8, as s15 measured; each call trains its own FP trunk)
     "s16": {"lr_sweep": {}, "lr": {"50m": 1.5e-3}, "grids": [v2("50m", 1, 80, fractions=(0.2,))]},
     "s17": {"lr_sweep": {}, "lr": {"50m": 1.5e-3}, "grids": [v2("50m", 1, 80, fractions=(0.7,))]},
+    # session 5, last minutes of device time (~250 s left, one cold start): seed 1 of the S = 1000
+    # grid (2m, 1 bit) at f = 0.3, 0.6, 1: does the interior optimum (0.6 < 0.3, 1) survive a seed?
+    "s20": {
+        "lr_sweep": {},
+        "lr": {"2m": 3e-3},
+        "grids": [v2("2m", 1, 1000, fractions=(0.3, 0.6, 1.0), seeds=(1,), split=3)],
+    },
     # next session: a held-out point in the issue's ~60-100M range. 90m (91.2M parameters) at
     # S = 80 is ~1,500 s, three calls; at 1 bit and S = 20 one run is 228M tokens (~3,480 steps),
     # which fits a call alone (--workers 1 --eff 0.8). It extrapolates in S too (the decay-total
