@@ -324,3 +324,36 @@ def test_large_sizes_stay_out_of_the_fstar_table(an, summary):
         assert g["N"] >= an.LARGE_N and len(g["f"]) == len(g["loss"]) == len(g["law_pred"])
         assert g["rel_err"] == pytest.approx([p / y - 1 for p, y in zip(g["law_pred"], g["loss"])])
         assert g["f_best_measured"] == g["f"][int(np.argmin(g["loss"]))]
+
+
+def test_seed_checks_pair_a_few_fractions_with_the_seed0_grid(an):
+    def rec(file, f, loss, seed=0, **kw):
+        return {
+            "experiment": "grid",
+            "size": "2m",
+            "N": 1.9e6,
+            "bits": 1.0,
+            "D_total": 100,
+            "S_total": 1000.0,
+            "steps": 3627,
+            "schedule": "fused",
+            "seed": seed,
+            "f": f,
+            "loss": loss,
+            "_file": file,
+            "_order": 0,
+            "overrides": {"qat.cooldown_of": "total"},
+            **kw,
+        }
+
+    fs = (0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)
+    grid = [rec("a.jsonl", f, 2.0 - f + f * f) for f in fs]  # seed 0, best at 0.45-0.6
+    grid += [rec("b.jsonl", 0.3, 1.9, seed=1), rec("b.jsonl", 0.6, 1.7, seed=1)]
+    grid += [rec("b.jsonl", 1.0, 1.8, seed=1), rec("b.jsonl", 0.7, 1.0, seed=1)]  # 0.7: no pair
+    grid += [rec("c.jsonl", 0.3, 1.9, seed=2)]  # one shared fraction: nothing to compare
+    (c,) = an.seed_checks(grid, "total")
+    assert c["seed"] == 1 and c["f"] == [0.3, 0.6, 1.0]
+    assert c["loss_seed0"] == pytest.approx([2.0 - f + f * f for f in (0.3, 0.6, 1.0)])
+    assert c["diff"] == pytest.approx([a - b for a, b in zip(c["loss"], c["loss_seed0"])])
+    assert c["best_f"] == 0.6 and c["best_f_seed0"] == 0.6
+    assert an.seed_checks(grid, "qat") == []  # another decay basis: no grid

@@ -490,6 +490,43 @@ def seed_replicate_grid(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def seed_checks(grid: list[dict[str, Any]], decay: str = "total") -> list[dict[str, Any]]:
+    """Seeds > 0 run at a few fractions of a seed-0 grid (fewer than MIN_GRID_POINTS, so no f*
+    row of their own): both seeds' losses at the shared fractions and each seed's best of them."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in main_grid(grid, decay):
+        groups[grid_key(r)].append(r)
+    out = []
+    for k, rs in sorted(groups.items(), key=lambda kv: (kv[1][0]["N"], -kv[0][1], kv[0][2])):
+        seed = k[4]  # grid_key: (size, bits, D_total, schedule, seed, overrides, decay)
+        base = groups.get(k[:4] + (0,) + k[5:])
+        if seed == 0 or len(rs) >= MIN_GRID_POINTS or not base:
+            continue
+        ref = {round(r["f"], 4): r["loss"] for r in one_call(base)}
+        pts = sorted((round(r["f"], 4), r["loss"]) for r in one_call(rs) if round(r["f"], 4) in ref)
+        if len(pts) < 2:
+            continue
+        f = [x for x, _ in pts]
+        mine, theirs = [y for _, y in pts], [ref[x] for x in f]
+        out.append(
+            {
+                "size": k[0],
+                "bits": k[1],
+                "D_total": k[2],
+                "S_total": float(rs[0]["S_total"]),
+                "steps": int(rs[0]["steps"]),
+                "seed": seed,
+                "f": f,
+                "loss": mine,
+                "loss_seed0": theirs,
+                "diff": [a - b for a, b in zip(mine, theirs)],
+                "best_f": f[int(np.argmin(mine))],
+                "best_f_seed0": f[int(np.argmin(theirs))],
+            }
+        )
+    return out
+
+
 def _defaults_index(records: list[dict[str, Any]]) -> dict[tuple, list[dict]]:
     idx: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
@@ -1346,6 +1383,7 @@ def fstar_section(grid: list[dict[str, Any]], decay: str) -> dict[str, Any]:
         "fstar_intervals": fstar_intervals(rows),
         "growth": growth_by_bits(rows),
         "fstar_across_sizes": fstar_across_sizes(rows),
+        "seed_checks": seed_checks(grid, decay),
         "mean_regret_baseline": float(np.mean([r["regret_baseline"] for r in rows])),
         "mean_regret_baseline_S_ge_40": float(np.mean([r["regret_baseline"] for r in big])),
         "mean_regret_f_hat_paper_S_ge_40": float(np.mean([r["regret_f_hat_paper"] for r in big])),
@@ -1460,6 +1498,15 @@ def print_fstar(s: dict[str, Any], decay: str) -> None:
     for k, g in s["growth"].items():
         pts = ", ".join(f"S={x:.0f}: {y:.2f}" for x, y in zip(g["S_total"], g["f_refined"]))
         print(f"{k:>6}  {pts}   all S: {g['grows_all_S']}  S>=40: {g['grows_S_ge_40']}")
+    for c in s.get("seed_checks", []):
+        pts = ", ".join(
+            f"f={f:.2f}: {a:.4f} vs {b:.4f} ({d:+.4f})"
+            for f, a, b, d in zip(c["f"], c["loss"], c["loss_seed0"], c["diff"])
+        )
+        print(
+            f"seed {c['seed']} vs 0, {c['size']} {c['bits']:g}b S={c['S_total']:.0f} "
+            f"({c['steps']} st): {pts}; best f {c['best_f']:.2f} (seed 0: {c['best_f_seed0']:.2f})"
+        )
     print(f"\n== f* at S=80 across sizes (decay {decay}) ==")
     for b, rs in s["fstar_across_sizes"].items():
         pts = ", ".join(f"{r['size']} ({r['steps']} st): {r['f_refined']:.2f}" for r in rs)
