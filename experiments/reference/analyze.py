@@ -880,6 +880,11 @@ def fit_qat_laws(
                     "regret_measured": measured_loss_at(r["f"], r["loss"], o["f_opt"])
                     - r["loss_grid"],
                     "regret_law_10pct": o["regret_loss"],
+                    "f": r["f"],
+                    "loss": r["loss"],
+                    "loss_law": np.asarray(
+                        law.loss_at_fraction(r["N"], r["D_total"], r["bits"], r["f"])
+                    ).tolist(),
                 }
             )
         rec["f_opt"] = fo
