@@ -357,3 +357,17 @@ def test_seed_checks_pair_a_few_fractions_with_the_seed0_grid(an):
     assert c["diff"] == pytest.approx([a - b for a, b in zip(c["loss"], c["loss_seed0"])])
     assert c["best_f"] == 0.6 and c["best_f_seed0"] == 0.6
     assert an.seed_checks(grid, "qat") == []  # another decay basis: no grid
+
+
+def test_shipped_law_intervals_one_grid(an):
+    """The shipped law's optimum and 90% interval at a measured grid (17m, 1 bit, S = 80), and the
+    inside test against the measured f*; not stale against the committed law runs."""
+    row = {"size": "17m", "N": 17308032, "bits": 1.0, "D_total": 173080576, "S_total": 80.0}
+    rows = [row | {"seed": 0, "f_refined": 0.45}, row | {"seed": 1, "f_refined": 0.0}]
+    out = an.shipped_law_intervals(rows)
+    assert not out["stale"] and out["n_runs"] >= 145
+    a, b = out["rows"]
+    lo, hi = a["ci90"]
+    assert 0.0 <= lo <= a["f_law"] <= hi <= 1.0 and hi > lo
+    assert a["inside"] == (lo <= 0.45 <= hi) and b["inside"] == (lo <= 0.0)
+    assert out["n_inside"] == a["inside"] + b["inside"]

@@ -983,12 +983,44 @@ def large_sizes(grid: list[dict[str, Any]], decay: str = "total") -> dict[str, A
     return {"n_fit": len(small), "params_at_bounds": _at_bounds(law), "groups": rows}
 
 
-HUBER_DELTAS = (
-    1e-3,
-    1e-2,
-    3e-2,
-    1.0,
-)  # 1e-3: the paper's (and coqat's default); 1.0 ~ least squares
+SHIPPED_LAW = ROOT / "src/coqat/law/defaults/reference-linux-c.json"
+
+
+def shipped_law_intervals(rows: list[dict[str, Any]], path: Path = SHIPPED_LAW) -> dict[str, Any]:
+    """The shipped law's optimum with its 90% bootstrap interval at every measured grid, and
+    whether the measured f* falls inside. The shipped JSON is refitted by `coqat fit` from
+    law_runs_total.csv after this script writes it (README 2.): ``stale`` says when its n_runs
+    differs from that file's."""
+    from coqat.plan import load_law, optimal_fraction
+
+    law = load_law(str(path))
+    n_csv = len(law_runs_path("total").read_text().strip().splitlines()) - 1
+    out = []
+    for r in rows:
+        o = optimal_fraction(law, r["N"], r["D_total"], r["bits"], level=0.9)
+        lo, hi = o["f_opt_ci"]
+        out.append(
+            {
+                "size": r["size"],
+                "bits": r["bits"],
+                "S_total": r["S_total"],
+                "seed": r["seed"],
+                "f_law": o["f_opt"],
+                "ci90": [lo, hi],
+                "f_measured": r["f_refined"],
+                "inside": bool(lo <= r["f_refined"] <= hi),
+            }
+        )
+    return {
+        "n_runs": law.provenance.get("n_runs"),
+        "stale": law.provenance.get("n_runs") != n_csv,
+        "rows": out,
+        "n_inside": sum(x["inside"] for x in out),
+    }
+
+
+# 1e-3: the paper's (and coqat's default); 1.0 ~ least squares
+HUBER_DELTAS = (1e-3, 1e-2, 3e-2, 1.0)
 
 
 def huber_delta_sensitivity(
@@ -1433,6 +1465,7 @@ def analyze(with_laws: bool = True) -> dict[str, Any]:
             sec["large_sizes"] = large_sizes(grid, d)
             if d == "total":
                 sec["huber_delta"] = huber_delta_sensitivity(grid, sec["fstar"], d)
+                sec["shipped_law"] = shipped_law_intervals(sec["fstar"])
     return summary
 
 
@@ -1557,6 +1590,22 @@ def print_laws(s: dict[str, Any], decay: str) -> None:
                     f"best measured f {g['f_best_measured']:.2f}, law f_opt {g['f_law']:.2f}, "
                     f"f_hat {g['f_hat_paper']:.2f}"
                 )
+        sl = s.get("shipped_law")
+        if sl:
+            stale = " (STALE: refit it from law_runs_total.csv)" if sl["stale"] else ""
+            print(
+                f"shipped law ({sl['n_runs']} runs){stale}: measured f* inside its 90% interval "
+                f"in {sl['n_inside']} of {len(sl['rows'])} grids"
+            )
+            print(
+                "   "
+                + ", ".join(
+                    f"{x['size']} {x['bits']:g}b S{x['S_total']:.0f}: {x['f_measured']:.2f} in "
+                    f"{x['f_law']:.2f} [{x['ci90'][0]:.2f}, {x['ci90'][1]:.2f}]"
+                    f"{'' if x['inside'] else ' OUT'}"
+                    for x in sl["rows"]
+                )
+            )
         for h in s.get("huber_delta", []):
             held = (
                 f"; held-out >= {LARGE_N:.0e}: {h['heldout_mean_rel_err']:.2%} mean, "
