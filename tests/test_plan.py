@@ -74,6 +74,28 @@ def test_optimal_fraction_with_ci(law):
     assert r["n_boot"] == 16 and r["warnings"] == []
 
 
+def test_ci_between_infinite_samples_is_infinite_not_nan(law):
+    """A quantity that is infinite in most resamples ("f = 0.1 never reaches that loss") has an
+    infinite upper end, not the NaN of interpolating inf - inf."""
+    E = [lw.params_["E"] for lw in law.bootstrap_laws()]
+    cut = np.quantile(E, 0.3)
+    c = law.ci(lambda lw: np.inf if lw.params_["E"] > cut else lw.params_["E"], 0.9)
+    assert np.isfinite(c["lo"]) and c["hi"] == np.inf
+
+
+def test_wide_optimum_interval_warns(law):
+    wide = QATLaw(EXAMPLE_QAT_PARAMS)
+    wide.provenance, wide.fit_report_ = law.provenance, law.fit_report_
+    rng = np.random.default_rng(1)
+    wide.bootstrap_ = wide.x_ + rng.normal(0, 0.5, (16, wide.n_params))  # loose: f* anywhere
+    wide.bootstrap_info_ = {"n": 16, "level": 0.9}
+    r = optimal_fraction(wide, 1e7, 1e9, 4, level=0.9)
+    lo, hi = r["f_opt_ci"]
+    assert hi - lo > 0.5
+    assert any("poorly determined" in w for w in r["warnings"])
+    assert optimal_fraction(law, 1e7, 1e9, 4, level=0.9)["warnings"] == []  # tight: no warning
+
+
 def test_fraction_in_unit_interval_sweep(law):
     rng = np.random.default_rng(3)
     for _ in range(40):

@@ -236,6 +236,10 @@ class Law:
             q = 100 * (1 - level) / 2
             with np.errstate(all="ignore"):
                 lo, hi = np.nanpercentile(V, [q, 100 - q], axis=0)
+                # between two infinite samples (e.g. "never reaches that loss": inf tokens) the
+                # interpolation gives inf - inf = NaN; the nearest sample is the answer there
+                near = np.nanpercentile(V, [q, 100 - q], axis=0, method="nearest")
+                lo, hi = np.where(np.isnan(lo), near[0], lo), np.where(np.isnan(hi), near[1], hi)
             out.update(
                 lo=lo.item() if lo.ndim == 0 else lo,
                 hi=hi.item() if hi.ndim == 0 else hi,

@@ -50,6 +50,11 @@ def s_total(N: float, D: float, bits: float) -> float:
     return D / (N * bits / 8.0)
 
 
+# an f_opt interval wider than this (half of [0, 1]) gets a warning: the fit does not pin the
+# optimum (the reference fit's intervals reach 0.02-0.78 at S >= 320, README 3.)
+WIDE_F_CI = 0.5
+
+
 def range_warnings(
     law: Any, N: float | None = None, S: float | None = None, factor: float = 3.0
 ) -> list[str]:
@@ -175,6 +180,12 @@ def optimal_fraction(
     out.update(
         baseline=baseline, level=level, n_boot=c["n"], f_opt_at_endpoint=out["f_opt"] in (0.0, 1.0)
     )
+    ci = out["f_opt_ci"]
+    if ci is not None and ci[1] - ci[0] > WIDE_F_CI:
+        out["warnings"].append(
+            f"the law's optimal fraction is poorly determined here ({level:.0%} CI "
+            f"[{ci[0]:.2f}, {ci[1]:.2f}]); the loss predictions are firmer than the optimum"
+        )
     return out
 
 
