@@ -594,6 +594,7 @@ def schedule_comparison(grid: list[dict[str, Any]], records: list[dict[str, Any]
                 "flops_standard": r["flops"],
                 "flops_fused": fu["flops"],
                 "same_call": same,
+                "decay": decay_of(r),
                 "file": r["_file"],
                 "fused_file": fu["_file"],
             }
@@ -980,7 +981,18 @@ def large_sizes(grid: list[dict[str, Any]], decay: str = "total") -> dict[str, A
                 "f_best_measured": rs[int(np.argmin([r["loss"] for r in rs]))]["f"],
             }
         )
-    return {"n_fit": len(small), "params_at_bounds": _at_bounds(law), "groups": rows}
+    pred = np.asarray(law.predict_runs(small))
+    fitted = {
+        "compute": (6 * small.N * (small.D_fp + small.D_qat)).tolist(),
+        "rel_err": (pred / small.loss - 1).tolist(),
+        "bits": small.bits.tolist(),
+    }
+    return {
+        "n_fit": len(small),
+        "params_at_bounds": _at_bounds(law),
+        "groups": rows,
+        "fitted": fitted,
+    }
 
 
 SHIPPED_LAW = ROOT / "src/coqat/law/defaults/reference-linux-c.json"
@@ -1388,6 +1400,71 @@ def make_figures(summary: dict[str, Any], outdir: Path = FIGURES) -> list[str]:
     fig.savefig(p, dpi=90)
     plt.close(fig)
     files.append(p.name)
+
+    tot = summary["decay"].get("total", {})
+    ls = tot.get("large_sizes") or {}
+    if ls:
+        fig, ax = plt.subplots(figsize=(6.2, 4.0))
+        ft = ls["fitted"]
+        ax.scatter(
+            ft["compute"], 100 * np.array(ft["rel_err"]), s=10, c="0.6", label="fitted (2m-17m)"
+        )
+        for k, g in enumerate(ls["groups"]):
+            c = [6 * g["N"] * g["D_total"]] * len(g["f"])
+            ax.scatter(
+                c,
+                100 * np.array(g["rel_err"]),
+                s=40,
+                color=f"C{k + 3}",
+                label=f"held out: {g['size']} {g['bits']:g}-bit, f = "
+                + "/".join(f"{f:.2f}" for f in g["f"]),
+            )
+        for y in (-3, -1, 1, 3):
+            ax.axhline(y, color="k", lw=0.5, ls=":" if abs(y) == 3 else "--")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_ylim(-15, 15)
+        ax.set_xlabel("training compute 6 N D (FLOPs)")
+        ax.set_ylabel("QATLaw predicted / measured - 1 (%)")
+        ax.set_title(
+            f"QATLaw fitted on {ls['n_fit']} runs of 2m-17m (decay total); lines: 1% and 3%",
+            fontsize=9,
+        )
+        ax.legend(fontsize=7, loc="lower left")
+        fig.tight_layout()
+        p = outdir / "law_heldout.png"
+        fig.savefig(p, dpi=90)
+        plt.close(fig)
+        files.append(p.name)
+
+    pairs = [x for x in summary["schedules"] if x.get("decay") == "total" and x["same_call"]]
+    if pairs:
+        fig, ax = plt.subplots(figsize=(6.0, 3.8))
+        mk = {"2m": "o", "4m": "s", "7m": "^"}
+        for k, b in enumerate(sorted({x["bits"] for x in pairs})):
+            for size in sorted({x["size"] for x in pairs if x["bits"] == b}):
+                xx = sorted(
+                    (x for x in pairs if x["bits"] == b and x["size"] == size), key=lambda x: x["f"]
+                )
+                ax.plot(
+                    [x["f"] for x in xx],
+                    [x["diff_standard_minus_fused"] for x in xx],
+                    mk.get(size, "o") + "-",
+                    color=f"C{k}",
+                    label=f"{size} {b:g}-bit (S = {xx[0]['S_total']:.0f}, one call)",
+                )
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xlabel("QAT fraction f")
+        ax.set_ylabel("loss(standard) - loss(fused)")
+        ax.set_title(
+            "cooldown & QAT fusion, decay over 20% of the run (> 0: fusion better)", fontsize=9
+        )
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        p = outdir / "fusion_decay-total.png"
+        fig.savefig(p, dpi=90)
+        plt.close(fig)
+        files.append(p.name)
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for size, d in summary["lr_sweep"].items():
