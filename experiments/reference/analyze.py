@@ -83,6 +83,14 @@ def grid_key(r: dict[str, Any]) -> tuple:
     )
 
 
+def grid_groups(runs: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """Runs by ``grid_key``: one list per (size, bits, D_total, schedule, seed, knobs, decay)."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        groups[grid_key(r)].append(r)
+    return groups
+
+
 def main_file(runs: list[dict[str, Any]]) -> str:
     """The results file holding most of ``runs`` (ties: the one with the later last record): the
     call that ran the complete grid."""
@@ -194,10 +202,7 @@ def fstar_table(grid: list[dict[str, Any]], decay: str = "qat") -> list[dict[str
     basis with at least MIN_GRID_POINTS fractions."""
     from coqat.law import PAPER_A
 
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in main_grid(grid, decay):
-        groups[grid_key(r)].append(r)
-    groups = {k: one_call(rs) for k, rs in groups.items()}
+    groups = {k: one_call(rs) for k, rs in grid_groups(main_grid(grid, decay)).items()}
     rows = []
     order = sorted(groups, key=lambda k: (groups[k][0]["N"], -k[1], k[2], k[3], k[4]))
     for k in order:
@@ -493,9 +498,7 @@ def seed_replicate_grid(records: list[dict[str, Any]]) -> dict[str, Any]:
 def seed_checks(grid: list[dict[str, Any]], decay: str = "total") -> list[dict[str, Any]]:
     """Seeds > 0 run at a few fractions of a seed-0 grid (fewer than MIN_GRID_POINTS, so no f*
     row of their own): both seeds' losses at the shared fractions and each seed's best of them."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in main_grid(grid, decay):
-        groups[grid_key(r)].append(r)
+    groups = grid_groups(main_grid(grid, decay))
     out = []
     for k, rs in sorted(groups.items(), key=lambda kv: (kv[1][0]["N"], -kv[0][1], kv[0][2])):
         seed = k[4]  # grid_key: (size, bits, D_total, schedule, seed, overrides, decay)
@@ -799,6 +802,11 @@ def law_runs(grid: list[dict[str, Any]], min_S: float = 0.0):
     return Runs.from_records(recs)
 
 
+def without_ptq(runs):
+    """The law runs less the PTQ ones (quantized, D_qat = 0), which QATLaw does not fit."""
+    return runs.filter(~((runs.bits < 16) & (runs.D_qat <= 0)))
+
+
 FIXED_ONE_SIZE = {"A": 1e-3, "alpha": 0.0, "psi": 0.0, "nu": 0.0}
 
 
@@ -925,7 +933,9 @@ def compare_laws(grid: list[dict[str, Any]], decay: str = "qat") -> dict[str, An
         if tag.endswith("S_ge_40") and not has_low_S:
             continue
         runs = law_runs(main_grid(grid, decay), STEP_STARVED_S if tag.endswith("S_ge_40") else 0.0)
-        runs = runs.filter(~((runs.bits < 16) & (runs.D_qat <= 0)))
+        runs = without_ptq(runs)
+        if rule != "largest-N" and not runs.mask(rule).any():  # e.g. no 30m run on this basis
+            continue
         out.setdefault("n_runs", len(runs))
         try:
             rows = compare(
@@ -944,15 +954,13 @@ def large_sizes(grid: list[dict[str, Any]], decay: str = "total") -> dict[str, A
     from coqat.law import PAPER_A, QATLaw, fit_law
     from coqat.plan import optimal_fraction
 
-    runs = law_runs(main_grid(grid, decay))
-    small = runs.filter((runs.N < LARGE_N) & ~((runs.bits < 16) & (runs.D_qat <= 0)))
+    runs = without_ptq(law_runs(main_grid(grid, decay)))
+    small = runs.filter(runs.N < LARGE_N)
     big = [r for r in main_grid(grid, decay) if r["N"] >= LARGE_N]
     if not big or not len(small):
         return {}
     law = fit_law(QATLaw(), small, seed=0)
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in big:
-        groups[grid_key(r)].append(r)
+    groups = grid_groups(big)
     rows = []
     for k in sorted(groups, key=lambda k: (groups[k][0]["N"], -k[1], k[2])):
         rs = sorted(one_call(groups[k]), key=lambda r: r["f"])
@@ -1044,8 +1052,7 @@ def huber_delta_sensitivity(
     from coqat.law import QATLaw, fit_law
     from coqat.plan import optimal_fraction
 
-    runs = law_runs(main_grid(grid, decay))
-    runs = runs.filter(~((runs.bits < 16) & (runs.D_qat <= 0)))
+    runs = without_ptq(law_runs(main_grid(grid, decay)))
     small, big = runs.filter(runs.N < LARGE_N), runs.filter(runs.N >= LARGE_N)
     out = []
     for delta in HUBER_DELTAS:

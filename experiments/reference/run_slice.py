@@ -314,7 +314,7 @@ SLICES = {
         "lr": {"50m": 1.5e-3},
         "grids": [v2("50m", 1, 80, fractions=(0.45,))],
     },
-    # next session: bracket the 50m optimum (the law says 0.58-0.65, 30m measured >= 0.45), one
+    # next session: bracket the 50m optimum (the law says 0.69-0.87, 30m measured >= 0.45), one
     # fraction per call (--workers 1 --eff 0.8, as s15 measured; each call trains its own FP trunk)
     "s16": {"lr_sweep": {}, "lr": {"50m": 1.5e-3}, "grids": [v2("50m", 1, 80, fractions=(0.2,))]},
     "s17": {"lr_sweep": {}, "lr": {"50m": 1.5e-3}, "grids": [v2("50m", 1, 80, fractions=(0.7,))]},
@@ -326,9 +326,9 @@ SLICES = {
         "grids": [v2("2m", 1, 1000, fractions=(0.3, 0.6, 1.0), seeds=(1,), split=3)],
     },
     # next session: a held-out point in the issue's ~60-100M range. 90m (91.2M parameters) at
-    # S = 80 is ~1,500 s, three calls; at 1 bit and S = 20 one run is 228M tokens (~3,480 steps),
-    # which fits a call alone (--workers 1 --eff 0.8). It extrapolates in S too (the decay-total
-    # fit has S >= 80), so it tests N and S together; f = 0.3 ~ the law's and f_hat's region there
+    # S = 80 is ~1,900 s (0.8 of the bench), four calls; at 1 bit and S = 20 one run is 228M
+    # tokens (~3,480 steps), which fits a call alone (--workers 1 --eff 0.8). It extrapolates in
+    # S too (the decay-total fit has S >= 80), so it tests N and S together
     "s19": {"lr_sweep": {}, "lr": {"90m": 1.5e-3}, "grids": [v2("90m", 1, 20, fractions=(0.3,))]},
     # next session: is the 30m curve interior? f = 0.1 and 1 (QAT from scratch) at 1 bit, S = 80
     # (--workers 2 --eff 0.4: two 300M-token runs; 0.1 trains its own trunk to 0.9 D)
