@@ -337,6 +337,19 @@ SLICES = {
         "lr": {"30m": 1.5e-3},
         "grids": [v2("30m", 1, 80, fractions=(0.1, 1.0), split=2)],
     },
+    # session 6, call 2 (GPU 1 of two, 4 workers, --eff 0.22): S = 20 grids at 1 bit, so that
+    # the 90m held-out point (s19, S = 20) is inside the fitted S range, and the issue's S range
+    # reaches down to ~10-20: 7m, 12m, 17m and 30m
+    "s21": {
+        "lr_sweep": {},
+        "lr": {"7m": 1.5e-3, "12m": 3e-3, "17m": 1.5e-3, "30m": 1.5e-3},
+        "grids": [
+            v2("30m", 1, 20, fractions=(0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0), split=3),
+            v2("17m", 1, 20, split=2),
+            v2("12m", 1, 20),
+            v2("7m", 1, 20, fractions=(0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 1.0)),
+        ],
+    },
     # (session 1's plan for the next session; superseded by s3 below)
     "s3-draft": {
         "lr_sweep": {},
