@@ -350,6 +350,8 @@ SLICES = {
             v2("7m", 1, 20, fractions=(0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 1.0)),
         ],
     },
+    # session 6, call 3 (GPU 1 of two): a second 90m held-out point at S = 20, f = 0.7
+    "s22": {"lr_sweep": {}, "lr": {"90m": 1.5e-3}, "grids": [v2("90m", 1, 20, fractions=(0.7,))]},
     # (session 1's plan for the next session; superseded by s3 below)
     "s3-draft": {
         "lr_sweep": {},
