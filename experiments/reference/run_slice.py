@@ -352,6 +352,15 @@ SLICES = {
     },
     # session 6, call 3 (GPU 1 of two): a second 90m held-out point at S = 20, f = 0.7
     "s22": {"lr_sweep": {}, "lr": {"90m": 1.5e-3}, "grids": [v2("90m", 1, 20, fractions=(0.7,))]},
+    # session 6, last ~250 s: seed 1 of the 17m and 12m S = 20 grids at three fractions
+    "s23": {
+        "lr_sweep": {},
+        "lr": {"12m": 3e-3, "17m": 1.5e-3},
+        "grids": [
+            v2("17m", 1, 20, fractions=(0.1, 0.3, 0.6), seeds=(1,), split=3),
+            v2("12m", 1, 20, fractions=(0.1, 0.3, 0.6), seeds=(1,)),
+        ],
+    },
     # (session 1's plan for the next session; superseded by s3 below)
     "s3-draft": {
         "lr_sweep": {},
