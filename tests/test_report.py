@@ -228,3 +228,27 @@ def test_variant_labels_are_the_same_at_every_size():
                                          "4m [qat.cooldown_of=total]"}
     groups = {g["variant"]: g["n"] for g in refits(measured_fstar(recs))}
     assert groups == {"": 2, "[qat.cooldown_of=total]": 2}
+
+
+def test_report_experiment_runs_the_folders_analysis_then_the_report(fake_store, tmp_path, capsys):
+    """--experiment DIR runs DIR/analyze.py in DIR, then reports DIR/results.sqlite into
+    DIR/report; a failing analysis is an error with its exit code, not a silent report."""
+    import shutil
+
+    from coqat.cli import main
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "analyze.py").write_text(
+        "from pathlib import Path\nPath('figures').mkdir()\nPath('figures/a.txt').write_text('x')\n"
+    )
+    shutil.copy(fake_store / "s.db", exp / "results.sqlite")
+    assert main(["report", "--experiment", str(exp)]) == 0
+    assert (exp / "figures" / "a.txt").read_text() == "x"  # ran with DIR as working directory
+    _check_html(exp / "report" / "report.html")
+
+    (exp / "analyze.py").write_text("raise SystemExit(3)\n")
+    assert main(["report", "--experiment", str(exp)]) == 2
+    assert "analyze.py exited with code 3" in capsys.readouterr().err
+    assert main(["report", "--store", str(exp / "results.sqlite")]) == 2
+    assert "--out: required" in capsys.readouterr().err

@@ -29,7 +29,11 @@ THROUGHPUT = ROOT / "bench" / "results" / "throughput-h200-2026-11-29.json"
 THROUGHPUT_2 = ROOT / "bench" / "results"  # session 2: bench-2m-*.json, bench-4m-*.json
 CORPUS_TRAIN_TOKENS = 114_219_898  # experiments/reference/manifest.json, splits.train.tokens
 PEAK_TFLOPS = 790.0
-STEP_STARVED_S = 40.0  # S_total below this: <= 290 optimizer steps at 65,536 tokens/step
+# fewer optimizer steps than this (65,536 tokens each): "step-starved". The loss still falls
+# steeply there and runs are not reproducible: at 12m, S = 20 (439 steps) two seeds differ by
+# 0.41-0.46 at every fraction and f = 1 beat every FP-first run by 0.7; repeats across calls
+# at 290-580 steps differ by 0.02-0.20, at >= 660 steps by <= 0.02 (README 6.)
+MIN_STEPS = 600
 BASELINE_F = 0.1  # the "10% rule"
 MIN_GRID_POINTS = 6  # fractions a group needs to enter the f* table
 HOLDOUT_S = "S_total>=300 & bits<16"  # within-size extrapolation: fit S <= 80, predict S = 320
@@ -230,7 +234,7 @@ def fstar_table(grid: list[dict[str, Any]], decay: str = "qat") -> list[dict[str
                 "s_target": r0.get("s_target"),
                 "steps": steps,
                 "epochs": k[2] / CORPUS_TRAIN_TOKENS,
-                "step_starved": S < STEP_STARVED_S,
+                "step_starved": steps < MIN_STEPS,
                 "f": f.tolist(),
                 "loss": L.tolist(),
                 **ref,
@@ -279,7 +283,7 @@ def fstar_intervals(rows: list[dict[str, Any]], n: int = 1000, seed: int = 0) ->
             float(np.quantile(draws[:, j], 0.95)),
         ]
     S = np.array([r["S_total"] for r in rows])
-    big = S >= STEP_STARVED_S
+    big = np.array([r["steps"] >= MIN_STEPS for r in rows], bool)
     fh = closed_form(S, PAPER_A)
     mae_all = np.mean(np.abs(draws - fh), axis=1)
     mae_big = np.mean(np.abs(draws[:, big] - fh[big]), axis=1)
@@ -299,14 +303,15 @@ def fstar_intervals(rows: list[dict[str, Any]], n: int = 1000, seed: int = 0) ->
         "noise_sd_by_steps": NOISE_SD_BY_STEPS,
         "noise_sd_f1": NOISE_SD_F1,
         "mae_paper_all_ci90": q(mae_all),
-        "mae_paper_S_ge_40_ci90": q(mae_big),
-        "p_fstar_grows_S_ge_40": grows,
-        "above_paper_share_S_ge_40": float(np.mean(draws[:, big] > fh[big])),
+        "mae_paper_steps_ge_600_ci90": q(mae_big),
+        "p_fstar_grows_steps_ge_600": grows,
+        "above_paper_share_steps_ge_600": float(np.mean(draws[:, big] > fh[big])),
     }
 
 
 def closed_form_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """MAE of the paper's closed form and of our refit of ``a`` (all pairs, and S >= 40 only),
+    """MAE of the paper's closed form and of our refit of ``a`` (all pairs, and those of at least
+    MIN_STEPS steps),
     with leave-one-out MAE of the refit, on the refined f*."""
     from coqat.law import PAPER_A
 
@@ -314,7 +319,8 @@ def closed_form_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     fs = np.array([r["f_refined"] for r in rows])
     fg = np.array([r["f_grid"] for r in rows])
     out: dict[str, Any] = {"paper_a": PAPER_A}
-    for tag, m in (("all", np.ones(len(rows), bool)), ("S_ge_40", S >= STEP_STARVED_S)):
+    trained = np.array([r["steps"] >= MIN_STEPS for r in rows], bool)
+    for tag, m in (("all", np.ones(len(rows), bool)), ("steps_ge_600", trained)):
         a = fit_a(S[m], fs[m])
         loo = []
         for j in np.flatnonzero(m):
@@ -393,8 +399,8 @@ def closed_form_variants(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def growth_by_bits(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per (size, bit width): f* (refined, seed 0) ordered by S_total, and whether it is
-    non-decreasing in S over all S and over S >= 40 (tolerance 0.02). Only pairs with at least
-    two S values (other seeds at one S are replicates, not another S)."""
+    non-decreasing in S over all S and over grids of >= MIN_STEPS steps (tolerance 0.02). Only
+    pairs with at least two S values (other seeds at one S are replicates, not another S)."""
     out = {}
     rows = [r for r in rows if r["seed"] == 0]
     for size, b in sorted({(r["size"], r["bits"]) for r in rows}, key=lambda x: (x[0], -x[1])):
@@ -406,14 +412,14 @@ def growth_by_bits(rows: list[dict[str, Any]]) -> dict[str, Any]:
         S = [r["S_total"] for r in rs]
         fs = [r["f_refined"] for r in rs]
         nd = lambda v: bool(all(y >= x - 0.02 for x, y in zip(v, v[1:])))  # noqa: E731
-        big = [f for s, f in zip(S, fs) if s >= STEP_STARVED_S]
+        big = [r["f_refined"] for r in rs if r["steps"] >= MIN_STEPS]
         out[f"{size}/{b:g}"] = {
             "size": size,
             "bits": b,
             "S_total": S,
             "f_refined": fs,
             "grows_all_S": nd(fs),
-            "grows_S_ge_40": nd(big) if len(big) > 1 else None,
+            "grows_steps_ge_600": nd(big) if len(big) > 1 else None,
         }
     return out
 
@@ -768,14 +774,14 @@ def lr_table(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ---- laws ---------------------------------------------------------------------------------------
-def law_runs(grid: list[dict[str, Any]], min_S: float = 0.0):
+def law_runs(grid: list[dict[str, Any]], min_steps: int = 0):
     """Runs table for the loss laws: every grid run (quantized; f = 0 rows are PTQ) plus, for each
     f = 0 run, its FP model as a 16-bit baseline (loss_fp at D_fp = D_total). Cluster = FP trunk."""
     from coqat.law import Runs
 
     recs = []
     for r in grid:
-        if r["S_total"] < min_S:
+        if r["steps"] < min_steps:
             continue
         c = str(r["trunk"])
         recs.append(
@@ -841,19 +847,19 @@ def _at_bounds(law) -> list[str]:
 def fit_qat_laws(
     grid: list[dict[str, Any]], rows: list[dict[str, Any]], decay: str = "qat"
 ) -> dict[str, Any]:
-    """QATLaw fits on the fused default-knob runs of one decay basis, every size (all S; S >= 40;
-    only the latter where no run has S < 40), each with its in-sample errors and its continuous
-    optimal fraction per measured group vs the measured f*."""
+    """QATLaw fits on the fused default-knob runs of one decay basis, every size (all runs; those
+    of >= MIN_STEPS steps, alone where no run has fewer), each with its in-sample errors and its
+    continuous optimal fraction per measured group vs the measured f*."""
     from coqat.law import QATLaw, fit_law
     from coqat.plan import optimal_fraction
 
     out = {}
-    fits = [("full_all_S", 0.0), ("full_S_ge_40", STEP_STARVED_S)]
-    if all(r["S_total"] >= STEP_STARVED_S for r in main_grid(grid, decay)):
+    fits = [("full_all_S", 0), ("full_steps_ge_600", MIN_STEPS)]
+    if all(r["steps"] >= MIN_STEPS for r in main_grid(grid, decay)):
         fits = fits[1:]
-    for name, min_S in fits:
-        runs = law_runs(main_grid(grid, decay), min_S)
-        rec: dict[str, Any] = {"min_S": min_S, "n_runs_table": len(runs)}
+    for name, min_steps in fits:
+        runs = law_runs(main_grid(grid, decay), min_steps)
+        rec: dict[str, Any] = {"min_steps": min_steps, "n_runs_table": len(runs)}
         try:
             law = fit_law(QATLaw(), runs, seed=0)
         except Exception as e:  # report a failed fit instead of hiding it
@@ -875,7 +881,7 @@ def fit_qat_laws(
         )
         fo = []
         for r in rows:
-            if r["S_total"] < min_S:
+            if r["steps"] < min_steps:
                 continue
             o = optimal_fraction(law, r["N"], r["D_total"], r["bits"], level=None)
             fo.append(
@@ -904,7 +910,7 @@ def fit_qat_laws(
                 r["N"], r["D_total"], r["bits"], np.linspace(0, 1, 51)
             ).tolist()
             for r in rows
-            if r["S_total"] >= min_S
+            if r["steps"] >= min_steps
         }
         out[name] = rec
     return out
@@ -912,27 +918,29 @@ def fit_qat_laws(
 
 HOLDOUT_RULES = {
     "largest_N": "largest-N",  # the largest size held out (decay qat: 17m, 2 memory-check runs)
-    "largest_N_S_ge_40": "largest-N",  # the same without the step-starved S < 40 runs
+    "largest_N_steps_ge_600": "largest-N",  # the same without step-starved runs (< MIN_STEPS)
     "N_ge_7m": "N>=6e6",  # fit 2m + 4m, predict every larger size (7m; 12m, 17m at decay qat)
-    "N_ge_7m_S_ge_40": "N>=6e6",
+    "N_ge_7m_steps_ge_600": "N>=6e6",
     "within_S": HOLDOUT_S,  # fit S <= 80 (+ FP baselines), predict the quantized S = 320 runs
-    "N_ge_30m": "N>=2e7",  # fit 2m-17m, predict 30m (3 fractions) and 50m (1 run), session 5
+    "N_ge_30m": "N>=2e7",  # fit 2m-17m, predict 30m, 50m and 90m (sessions 5-6)
+    "N_ge_30m_steps_ge_600": "N>=2e7",
+    "within_S_steps_ge_600": HOLDOUT_S,
 }
-LARGE_N = 2e7  # sizes with a few fractions only (30m, 50m): held out, never in the f* table
+LARGE_N = 2e7  # 30m and up: held out by large_sizes (30m S = 20 is also a full f* grid)
 
 
 def compare_laws(grid: list[dict[str, Any]], decay: str = "qat") -> dict[str, Any]:
     """The four loss laws on the same fused default-knob runs of one decay basis (PTQ runs
     dropped, since QATLaw does not fit them): in-sample errors, and held-out errors under each
-    rule of HOLDOUT_RULES (the S >= 40 variant only where some run has S < 40)."""
+    rule of HOLDOUT_RULES (the >= MIN_STEPS variant only where some run has fewer steps)."""
     from coqat.law import ChenQATLaw, KumarPrecisionLaw, PerBitChinchilla, QATLaw, compare
 
     out: dict[str, Any] = {}
-    has_low_S = any(r["S_total"] < STEP_STARVED_S for r in main_grid(grid, decay))
+    has_low_S = any(r["steps"] < MIN_STEPS for r in main_grid(grid, decay))
     for tag, rule in HOLDOUT_RULES.items():
-        if tag.endswith("S_ge_40") and not has_low_S:
+        if tag.endswith("steps_ge_600") and not has_low_S:
             continue
-        runs = law_runs(main_grid(grid, decay), STEP_STARVED_S if tag.endswith("S_ge_40") else 0.0)
+        runs = law_runs(main_grid(grid, decay), MIN_STEPS if tag.endswith("steps_ge_600") else 0)
         runs = without_ptq(runs)
         if rule != "largest-N" and not runs.mask(rule).any():  # e.g. no 30m run on this basis
             continue
@@ -948,13 +956,14 @@ def compare_laws(grid: list[dict[str, Any]], decay: str = "qat") -> dict[str, An
 
 
 def large_sizes(grid: list[dict[str, Any]], decay: str = "total") -> dict[str, Any]:
-    """The sizes above LARGE_N, each with a few fractions (one call's runs): the measured losses,
-    QATLaw fitted on every smaller size (PTQ runs dropped) predicting them, and that law's
+    """The sizes above LARGE_N (30m-90m; most with a few fractions, one per call at 50m and 90m):
+    the measured losses, QATLaw fitted on every smaller size (runs of >= MIN_STEPS steps, PTQ
+    runs dropped) predicting them, and that law's
     continuous optimum there next to the paper's closed form."""
     from coqat.law import PAPER_A, QATLaw, fit_law
     from coqat.plan import optimal_fraction
 
-    runs = without_ptq(law_runs(main_grid(grid, decay)))
+    runs = without_ptq(law_runs(main_grid(grid, decay), MIN_STEPS))
     small = runs.filter(runs.N < LARGE_N)
     big = [r for r in main_grid(grid, decay) if r["N"] >= LARGE_N]
     if not big or not len(small):
@@ -963,7 +972,11 @@ def large_sizes(grid: list[dict[str, Any]], decay: str = "total") -> dict[str, A
     groups = grid_groups(big)
     rows = []
     for k in sorted(groups, key=lambda k: (groups[k][0]["N"], -k[1], k[2])):
-        rs = sorted(one_call(groups[k]), key=lambda r: r["f"])
+        # every call's runs (50m, 90m: one fraction per call; a run of >= 3,000 steps repeats
+        # within <= 0.02 across calls, README 6.); PTQ runs dropped (QATLaw does not model them)
+        rs = sorted((r for r in groups[k] if r["D_qat"] > 0), key=lambda r: r["f"])
+        if not rs:
+            continue
         r0 = rs[0]
         pred = law.predict(
             np.full(len(rs), r0["N"]),
@@ -982,6 +995,7 @@ def large_sizes(grid: list[dict[str, Any]], decay: str = "total") -> dict[str, A
                 "steps": int(r0["steps"]),
                 "f": [r["f"] for r in rs],
                 "loss": [r["loss"] for r in rs],
+                "calls": [r["_file"] for r in rs],
                 "law_pred": np.asarray(pred).tolist(),
                 "rel_err": (np.asarray(pred) / np.array([r["loss"] for r in rs]) - 1).tolist(),
                 "f_law": o["f_opt"],
@@ -1052,7 +1066,7 @@ def huber_delta_sensitivity(
     from coqat.law import QATLaw, fit_law
     from coqat.plan import optimal_fraction
 
-    runs = without_ptq(law_runs(main_grid(grid, decay)))
+    runs = without_ptq(law_runs(main_grid(grid, decay), MIN_STEPS))
     small, big = runs.filter(runs.N < LARGE_N), runs.filter(runs.N >= LARGE_N)
     out = []
     for delta in HUBER_DELTAS:
@@ -1307,7 +1321,7 @@ def plan_by_size(plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # ---- figures ------------------------------------------------------------------------------------
 def _loss_vs_f_figure(plt, sec: dict[str, Any], decay: str, path: Path) -> None:
     rows = sec["fstar"]
-    law = sec.get("qat_law", {}).get("full_S_ge_40", {})
+    law = sec.get("qat_law", {}).get("full_steps_ge_600", {})
     ncol = 4
     nrow = -(-len(rows) // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3.1 * nrow))
@@ -1322,7 +1336,7 @@ def _loss_vs_f_figure(plt, sec: dict[str, Any], decay: str, path: Path) -> None:
         ax.axvline(r["f_hat_paper"], color="k", ls=":", label="paper f_hat")
         c = law.get("curves", {}).get(f"{r['size']}/{r['bits']:g}/{r['D_total']}")
         if c:
-            ax.plot(np.linspace(0, 1, 51), c, "--", color="C2", label="QATLaw fit (S>=40)")
+            ax.plot(np.linspace(0, 1, 51), c, "--", color="C2", label="QATLaw fit (steps>=600)")
         lo = min(min(r["loss"]), r["loss_refined"])
         hi = sorted(r["loss"])[-2] if len(r["loss"]) > 2 else max(r["loss"])
         ax.set_ylim(lo - 0.05 * (hi - lo) - 0.01, hi + 0.15 * (hi - lo) + 0.01)
@@ -1366,9 +1380,9 @@ def make_figures(summary: dict[str, Any], outdir: Path = FIGURES) -> list[str]:
     for d, ls in (("total", "C3--"), ("qat", "C7-.")):
         if d not in summary["decay"]:
             continue
-        a = summary["decay"][d]["closed_form"]["S_ge_40"]["a_refit"]
-        ax.plot(S, closed_form(S, a), ls, label=f"refit S>=40, decay {d}: a={a:.2f}")
-    markers = {"2m": "o", "4m": "s", "7m": "^", "12m": "D", "17m": "v", "30m": "P"}
+        a = summary["decay"][d]["closed_form"]["steps_ge_600"]["a_refit"]
+        ax.plot(S, closed_form(S, a), ls, label=f"refit steps>=600, decay {d}: a={a:.2f}")
+    markers = {"2m": "o", "4m": "s", "7m": "^", "12m": "D", "17m": "v", "30m": "P", "50m": "X"}
     all_rows = [r for sec in summary["decay"].values() for r in sec["fstar"]]
     bits_list = sorted({r["bits"] for r in all_rows}, reverse=True)
     for d, sec in summary["decay"].items():
@@ -1390,7 +1404,15 @@ def make_figures(summary: dict[str, Any], outdir: Path = FIGURES) -> list[str]:
                     capsize=3,
                     label=f"{size} {b:g}-bit" if d == "total" else None,
                 )
-    ax.axvspan(10, STEP_STARVED_S, color="0.9", zorder=0, label="S < 40 (2m: <= 290 steps)")
+    starved = [r for r in summary["decay"].get("total", {}).get("fstar", []) if r["step_starved"]]
+    if starved:
+        ax.plot(
+            [r["S_total"] for r in starved],
+            [r["f_refined"] for r in starved],
+            "k+",
+            ms=12,
+            label=f"< {MIN_STEPS} steps (step-starved)",
+        )
     ax.set_xscale("log")
     ax.set_xlim(10, 2000)
     ax.set_ylim(-0.05, 1.05)
@@ -1496,18 +1518,20 @@ def fstar_section(grid: list[dict[str, Any]], decay: str) -> dict[str, Any]:
     rows = fstar_table(grid, decay)
     if not rows:  # e.g. the decay-total basis over sessions 1-2 only
         return {"fstar": []}
-    big = [r for r in rows if r["S_total"] >= STEP_STARVED_S]
+    big = [r for r in rows if r["steps"] >= MIN_STEPS]
     return {
         "fstar": rows,
         "closed_form": closed_form_summary(rows),
-        "closed_form_variants": closed_form_variants(rows),
+        "closed_form_variants": closed_form_variants(big),  # as the steps_ge_600 refit
         "fstar_intervals": fstar_intervals(rows),
         "growth": growth_by_bits(rows),
         "fstar_across_sizes": fstar_across_sizes(rows),
         "seed_checks": seed_checks(grid, decay),
         "mean_regret_baseline": float(np.mean([r["regret_baseline"] for r in rows])),
-        "mean_regret_baseline_S_ge_40": float(np.mean([r["regret_baseline"] for r in big])),
-        "mean_regret_f_hat_paper_S_ge_40": float(np.mean([r["regret_f_hat_paper"] for r in big])),
+        "mean_regret_baseline_steps_ge_600": float(np.mean([r["regret_baseline"] for r in big])),
+        "mean_regret_f_hat_paper_steps_ge_600": float(
+            np.mean([r["regret_f_hat_paper"] for r in big])
+        ),
     }
 
 
@@ -1547,9 +1571,10 @@ def analyze(with_laws: bool = True) -> dict[str, Any]:
             sec["qat_law"] = fit_qat_laws(grid, sec["fstar"], d)
             sec["law_comparison"] = compare_laws(grid, d)
             sec["large_sizes"] = large_sizes(grid, d)
-            if d == "total":
-                sec["huber_delta"] = huber_delta_sensitivity(grid, sec["fstar"], d)
-                sec["shipped_law"] = shipped_law_intervals(sec["fstar"])
+            if d == "total":  # the laws there are fitted on runs of >= MIN_STEPS steps
+                trained = [r for r in sec["fstar"] if not r["step_starved"]]
+                sec["huber_delta"] = huber_delta_sensitivity(grid, trained, d)
+                sec["shipped_law"] = shipped_law_intervals(trained)
     return summary
 
 
@@ -1580,8 +1605,8 @@ def print_fstar(s: dict[str, Any], decay: str) -> None:
             f"{r['regret_baseline']:8.4f} {r['loss_ptq']:7.4f} {r['regret_f_hat_paper']:8.4f}"
         )
     print(
-        f"mean regret (S>=40): 10% rule {s['mean_regret_baseline_S_ge_40']:.4f}, "
-        f"paper f_hat {s['mean_regret_f_hat_paper_S_ge_40']:.4f} nats (all S, 10% rule: "
+        f"mean regret (steps>=600): 10% rule {s['mean_regret_baseline_steps_ge_600']:.4f}, "
+        f"paper f_hat {s['mean_regret_f_hat_paper_steps_ge_600']:.4f} nats (all S, 10% rule: "
         f"{s['mean_regret_baseline']:.4f})"
     )
     fi = s["fstar_intervals"]
@@ -1594,16 +1619,17 @@ def print_fstar(s: dict[str, Any], decay: str) -> None:
         )
     print(
         f"paper closed-form MAE 90% CI: all {[round(x, 3) for x in fi['mae_paper_all_ci90']]}, "
-        f"S>=40 {[round(x, 3) for x in fi['mae_paper_S_ge_40_ci90']]}; share of (draw, point) "
-        f"with f* above f_hat at S>=40: {fi['above_paper_share_S_ge_40']:.3f}"
+        f"steps>=600 {[round(x, 3) for x in fi['mae_paper_steps_ge_600_ci90']]}; share of "
+        f"(draw, point) "
+        f"with f* above f_hat at steps>=600: {fi['above_paper_share_steps_ge_600']:.3f}"
     )
     print(
-        "P(f* at the largest S > f* at the smallest S >= 40): "
-        + ", ".join(f"{k}: {v:.2f}" for k, v in sorted(fi["p_fstar_grows_S_ge_40"].items()))
+        "P(f* at the largest S > f* at the smallest S, grids of >= 600 steps): "
+        + ", ".join(f"{k}: {v:.2f}" for k, v in sorted(fi["p_fstar_grows_steps_ge_600"].items()))
     )
     cf = s["closed_form"]
     print(f"\n== closed form MAE on refined f* (decay {decay}) ==")
-    for tag in ("all", "S_ge_40"):
+    for tag in ("all", "steps_ge_600"):
         c = cf[tag]
         print(
             f"{tag:8s} n={c['n']}  paper a={cf['paper_a']}: MAE {c['mae_paper']:.3f}   "
@@ -1619,7 +1645,7 @@ def print_fstar(s: dict[str, Any], decay: str) -> None:
     print(f"\n== does f* grow with S_total? (decay {decay}) ==")
     for k, g in s["growth"].items():
         pts = ", ".join(f"S={x:.0f}: {y:.2f}" for x, y in zip(g["S_total"], g["f_refined"]))
-        print(f"{k:>6}  {pts}   all S: {g['grows_all_S']}  S>=40: {g['grows_S_ge_40']}")
+        print(f"{k:>6}  {pts}   all S: {g['grows_all_S']}  steps>=600: {g['grows_steps_ge_600']}")
     for c in s.get("seed_checks", []):
         pts = ", ".join(
             f"f={f:.2f}: {a:.4f} vs {b:.4f} ({d:+.4f})"
@@ -1661,8 +1687,9 @@ def print_laws(s: dict[str, Any], decay: str) -> None:
         ls = s.get("large_sizes") or {}
         if ls:
             print(
-                f"\n== sizes >= {LARGE_N:.0e} (a few fractions each; QATLaw fitted on "
-                f"{ls['n_fit']} smaller-size runs, at bounds {ls['params_at_bounds']}) =="
+                f"\n== sizes >= {LARGE_N:.0e} (every call's runs; QATLaw fitted on "
+                f"{ls['n_fit']} smaller-size runs of >= {MIN_STEPS} steps, at bounds "
+                f"{ls['params_at_bounds']}) =="
             )
             for g in ls["groups"]:
                 pts = ", ".join(
@@ -1670,7 +1697,8 @@ def print_laws(s: dict[str, Any], decay: str) -> None:
                     for f, y, p, e in zip(g["f"], g["loss"], g["law_pred"], g["rel_err"])
                 )
                 print(
-                    f"{g['size']:>4} {g['bits']:g}b S={g['S_total']:.0f} ({g['steps']} st): {pts}; "
+                    f"{g['size']:>4} {g['bits']:g}b S={g['S_total']:.0f} ({g['steps']} st, "
+                    f"{len(set(g['calls']))} calls): {pts}; "
                     f"best measured f {g['f_best_measured']:.2f}, law f_opt {g['f_law']:.2f}, "
                     f"f_hat {g['f_hat_paper']:.2f}"
                 )
@@ -1839,7 +1867,7 @@ def law_runs_path(decay: str) -> Path:
 
 
 def write_law_runs(decay: str = "qat") -> int:
-    """The runs table of the S >= 40 law fits of one decay basis (fused default-knob runs, PTQ
+    """The runs table of the >= MIN_STEPS law fits of one decay basis (fused default-knob runs, PTQ
     rows dropped, FP baselines added; cluster = FP trunk) as CSV, for ``coqat fit``:
     ``law_runs.csv`` (decay "qat", sessions 1-2; the shipped reference law) and
     ``law_runs_total.csv``."""
@@ -1848,7 +1876,7 @@ def write_law_runs(decay: str = "qat") -> int:
     path = law_runs_path(decay)
     records = load_records()
     grid, _ = dedupe_grid(records)
-    runs = law_runs(main_grid(grid, decay), STEP_STARVED_S)
+    runs = law_runs(main_grid(grid, decay), MIN_STEPS)
     rows = [r for r in runs.to_records() if not (r["bits"] < 16 and r["D_qat"] <= 0)]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

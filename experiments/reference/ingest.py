@@ -26,6 +26,7 @@ SESSION_VERSION = {
     "session3": "0.1.0+session3-2026-11-29",
     "session4": "0.1.0+session4-2026-11-29",
     "session5": "0.1.0+session5-2026-11-29",
+    "session6": "0.1.0+session6-2026-11-29",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -111,8 +112,14 @@ def add_parser(subparsers: Any) -> None:
     src = rep.add_mutually_exclusive_group(required=True)
     src.add_argument("--store", help="results store (SQLite file)")
     src.add_argument("--runs", help="runs file (.csv/.parquet/.jsonl) from `coqat results export`")
+    src.add_argument(
+        "--experiment", metavar="DIR",
+        help="an experiment folder (e.g. experiments/reference): runs DIR/analyze.py, which "
+        "redraws the figures of DIR/README.md and rewrites DIR/summary.json from the committed "
+        "results, then this report of DIR/results.sqlite (default --out DIR/report)",
+    )
     rep.add_argument("--law", default=None, help="law JSON (with bootstrap samples for CI bands)")
-    rep.add_argument("--out", required=True, help="output folder")
+    rep.add_argument("--out", default=None, help="output folder (required with --store/--runs)")
     rep.add_argument("--title", default="coqat sweep report", help="report title")
     rep.set_defaults(func=_report)
 
@@ -246,8 +253,20 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from coqat.sweep.report import build_report
+    from coqat.sweep.report import build_report, run_experiment_analysis
 
-    p = build_report(args.out, store=args.store, runs=args.runs, law=args.law, title=args.title)
+    store, out = args.store, args.out
+    if args.experiment is not None:
+        exp = Path(args.experiment)
+        run_experiment_analysis(exp)
+        store, out = exp / "results.sqlite", out or exp / "report"
+        if not store.exists():
+            print(f"no results store {store}: only {exp / 'analyze.py'} ran")
+            return 0
+    elif out is None:
+        from coqat.errors import ConfigError
+
+        raise ConfigError("--out", "required with --store or --runs (an output folder)")
+    p = build_report(out, store=store, runs=args.runs, law=args.law, title=args.title)
     print(f"wrote {p}", file=sys.stdout)
     return 0

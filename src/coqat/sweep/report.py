@@ -1,5 +1,9 @@
 """``coqat report``: figures and one self-contained HTML page from a store or a runs file.
 
+``coqat report --experiment DIR`` first runs the folder's own ``analyze.py`` (for
+experiments/reference: every figure and number of its README, from the committed results), then
+this report of ``DIR/results.sqlite``.
+
 Figures (matplotlib, Agg backend; PNGs in the output folder and embedded as base64 in
 ``report.html``, which references nothing outside itself):
 
@@ -549,6 +553,24 @@ _CSS = (
     "th{background:#eee}img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}"
     ".note{color:#666;font-size:13px}"
 )
+
+
+def run_experiment_analysis(folder: str | Path) -> None:
+    """Run ``folder/analyze.py``, an experiment's own analysis (the reference experiment's draws
+    its README's figures and writes ``summary.json`` from the committed results), in a fresh
+    interpreter with the folder as working directory; a failure raises with its exit code."""
+    import subprocess
+    import sys
+
+    from coqat.errors import DataError
+
+    folder = Path(folder)
+    script = folder / "analyze.py"
+    if not script.is_file():
+        raise DataError(f"--experiment: {script} does not exist (an experiment folder has one)")
+    rc = subprocess.run([sys.executable, script.name], cwd=folder).returncode
+    if rc != 0:
+        raise DataError(f"--experiment: {script} exited with code {rc}")
 
 
 def build_report(
