@@ -27,7 +27,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--law",
         help="law JSON from `coqat fit`, or a shipped law by name: reference-linux-c (the "
-        "reference experiment's fit, 1.9-17.3M parameters) or default (the default law)",
+        "reference experiment's fit, 1.9-91.2M parameters) or default (the default law)",
     )
     p.add_argument(
         "--memory", help="weight-memory budget: compare bit widths (needs --tokens or --flops)"
