@@ -416,7 +416,8 @@ def fig_loss_vs_fraction(records, law: LawAdapter | None, fstar: list[dict], out
         ax.set_title(f"{size}  D={D:.3g}  B={bits:g}", fontsize=9)
         ax.set_xlabel("QAT fraction f")
         ax.set_ylabel("val loss")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a panel may hold unlabelled points only
+            ax.legend(fontsize=7)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.tight_layout()
