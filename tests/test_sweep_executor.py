@@ -65,3 +65,44 @@ def test_engine_names():
     assert engine_name("real") == "coqat.train.run"
     assert engine_name(fake) == "coqat.sweep.fake"
     assert os.path.basename(fake.__file__) == "fake.py"
+
+
+def test_parse_devices(monkeypatch):
+    from coqat.errors import CoqatError
+    from coqat.sweep.executor import parse_devices, worker_env
+
+    assert parse_devices("0, 2") == ["0", "2"] and parse_devices(["1"]) == ["1"]
+    assert parse_devices("none") is None and parse_devices(None) is None
+    with pytest.raises(CoqatError, match="--devices: 'cuda:0' is not allowed"):
+        parse_devices("cuda:0")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # auto keeps the parent's GPUs
+    assert parse_devices("auto") == ["3", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4")  # one GPU: nothing to spread
+    assert parse_devices("auto") is None
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU
+    assert parse_devices("auto") is None
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setitem(sys.modules, "torch", None)  # no torch: the environment as is
+    assert parse_devices("auto") is None
+    gpus = ["0", "1"]
+    assert [worker_env(i, gpus)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["0", "1", "0"]
+    assert "CUDA_VISIBLE_DEVICES" not in worker_env(0, None)
+
+
+def test_local_workers_spread_over_devices(tmp_path, monkeypatch):
+    """--devices 0,1 with three slots: the workers see GPU 0, 1, 0 (their logs say so) and the
+    sweep finishes as without devices; SLURM refuses an explicit list."""
+    from coqat.errors import CoqatError
+    from coqat.sweep.executor import run_sweep
+
+    monkeypatch.setenv("COQAT_FAKE_DELAY", "0.02")
+    res = run_sweep(runs_of(), tmp_path / "s.db", tmp_path / "root", slots=3, progress=False,
+                    engine="fake", version="v", poll_s=0.05, devices="0,1")
+    assert res["counts"]["done"] == 8
+    logs = tmp_path / "root" / "logs"
+    seen = [(logs / f"worker-{i}.log").read_text() for i in range(3)]
+    for text, gpu in zip(seen, ("0", "1", "0")):
+        assert f"on CUDA_VISIBLE_DEVICES={gpu}\n" in text
+    with pytest.raises(CoqatError, match="devices: only for the local executor"):
+        run_sweep(runs_of(), tmp_path / "t.db", tmp_path / "root2", slots=2, progress=False,
+                  engine="fake", executor="slurm", devices="0,1")

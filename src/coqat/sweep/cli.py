@@ -46,6 +46,10 @@ def add_parser(subparsers: Any) -> None:
                    help="concurrent workers (local: processes on this machine; slurm: array tasks)")
     r.add_argument("--executor", choices=["local", "slurm"], default="local",
                    help="local workers or a SLURM job array via submitit")
+    r.add_argument("--devices", default="auto",
+                   help="local executor with --slots > 1: GPUs to spread the workers over, "
+                   "round-robin, as CUDA_VISIBLE_DEVICES ids (e.g. 0,1); 'auto' (default): every "
+                   "visible GPU when there are two or more; 'none': leave the environment as is")
     r.add_argument("--engine", default="real",
                    help="'real' (coqat.train.run), 'fake' (a dry run with synthetic losses) or "
                    "a module path with execute/train_trunk")
@@ -199,6 +203,7 @@ def _run(args: argparse.Namespace) -> int:
         version=args.code_version, share=not args.no_share, retry_failed=args.retry_failed,
         keep_trunks=args.keep_trunks, lease_s=args.lease, max_attempts=args.max_attempts,
         tokens_per_s=_parse_tps(args.tokens_per_s), slurm=slurm, wait=not args.no_wait,
+        devices=args.devices,
     )
     c = res["counts"]
     print(f"sweep {res['sweep']}: {res['registered']} new runs registered; "

@@ -1,8 +1,11 @@
 """Run a sweep: register its runs in the store, then let workers claim and train them.
 
-* ``executor="local"``: ``slots`` workers on this machine (one GPU or the CPU). ``slots=1`` runs
-  the worker loop in this process; more slots start ``python -m coqat.sweep.worker`` processes
-  (logs in ``ROOT/logs/``), restarting one that dies while work is left.
+* ``executor="local"``: ``slots`` workers on this machine. ``slots=1`` runs the worker loop in
+  this process; more slots start ``python -m coqat.sweep.worker`` processes (logs in
+  ``ROOT/logs/``), restarting one that dies while work is left, and spread them over the GPUs
+  round-robin through ``CUDA_VISIBLE_DEVICES`` (``devices``: "auto" = every visible GPU when there
+  are two or more; on one H200 machine of two, two slices on two GPUs did twice the work of one
+  per second held, experiments/reference/README.md 7.).
 * ``executor="slurm"``: a SLURM job array of ``slots`` workers through submitit (optional:
   ``pip install submitit``), each running the same worker loop against the shared store. A
   preempted or timed-out task is requeued; its claim expires after the lease and the work resumes
@@ -68,6 +71,7 @@ def run_sweep(
     tokens_per_s: Any = None,
     slurm: dict[str, Any] | None = None,
     wait: bool = True,
+    devices: str | list[str] | None = "auto",
 ) -> dict[str, Any]:
     """Register the sweep's runs and execute them (see module doc). Returns the store's counts
     for the sweep (and the SLURM job ids for ``executor="slurm"``)."""
@@ -79,6 +83,9 @@ def run_sweep(
         raise CoqatError(f"executor: {executor!r} is not allowed; choose one of ['local', 'slurm']")
     if slots < 1:
         raise CoqatError(f"slots: must be >= 1, got {slots}")
+    if executor == "slurm" and devices not in (None, "auto", "none"):
+        raise CoqatError("devices: only for the local executor (SLURM assigns GPUs per task)")
+    gpus = parse_devices(devices) if executor == "local" and slots > 1 else None
     store_path, root_dir = Path(store_path).resolve(), Path(root_dir).resolve()
     if executor == "slurm":
         _require_submitit()
@@ -123,7 +130,7 @@ def run_sweep(
         if monitor:
             monitor.start()
         try:
-            _local_pool(store_path, root_dir, slots, engine_name(engine), worker_id, wkw)
+            _local_pool(store_path, root_dir, slots, engine_name(engine), worker_id, wkw, gpus)
         finally:
             if monitor:
                 monitor.stop()
@@ -151,8 +158,44 @@ def worker_command(store_path: Path, root_dir: Path, engine: str, tag: str | Non
     return cmd
 
 
+def parse_devices(spec: str | list[str] | None) -> list[str] | None:
+    """The GPUs local workers are spread over: ``None`` / "none" -> None (workers inherit the
+    environment); "auto" -> the entries of ``CUDA_VISIBLE_DEVICES`` if set, else every GPU torch
+    counts, when there are two or more (else None); "0,1" or ["0", "1"] -> those ids, as
+    ``CUDA_VISIBLE_DEVICES`` takes them (they replace the parent's value)."""
+    if spec is None or spec == "none":
+        return None
+    if spec == "auto":
+        env = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if env is not None:
+            ids = [x.strip() for x in env.split(",") if x.strip()]
+        else:
+            try:
+                import torch
+            except ImportError:
+                return None
+            ids = [str(i) for i in range(torch.cuda.device_count())]
+        return ids if len(ids) >= 2 else None
+    ids = [x.strip() for x in spec.split(",")] if isinstance(spec, str) else [str(x) for x in spec]
+    if not ids or not all(x.isdigit() or (x.startswith("GPU-") and len(x) > 4) for x in ids):
+        raise CoqatError(
+            f"--devices: {spec!r} is not allowed; give 'auto', 'none' or comma-separated GPU "
+            "indices or UUIDs such as 0,1"
+        )
+    return ids
+
+
+def worker_env(slot: int, gpus: list[str] | None) -> dict[str, str]:
+    """The environment of local worker ``slot``: the parent's, with its GPU (round-robin)."""
+    env = os.environ.copy()
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    return env
+
+
 def _local_pool(store_path: Path, root_dir: Path, slots: int, engine: str,
-                worker_id: str | None, wkw: dict[str, Any]) -> None:
+                worker_id: str | None, wkw: dict[str, Any],
+                gpus: list[str] | None = None) -> None:
     from coqat.sweep.store import Store
 
     logs = root_dir / "logs"
@@ -165,7 +208,7 @@ def _local_pool(store_path: Path, root_dir: Path, slots: int, engine: str,
         fh = open(logs / f"worker-{i}.log", "a")  # noqa: SIM115 - owned by the child
         procs[i] = subprocess.Popen(
             worker_command(store_path, root_dir, engine, tag, wkw),
-            stdout=fh, stderr=subprocess.STDOUT, env=os.environ.copy(),
+            stdout=fh, stderr=subprocess.STDOUT, env=worker_env(i, gpus),
         )
         fh.close()
 

@@ -235,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
     owner = new_owner(args.owner) if args.owner else None
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
+    print(f"worker {os.getpid()} ({args.owner or 'no tag'}) starts"
+          + (f" on CUDA_VISIBLE_DEVICES={gpu}" if gpu is not None else ""), file=sys.stderr,
+          flush=True)
     try:
         stats = work(
             args.store, args.root, engine=args.engine, version=args.code_version, owner=owner,
