@@ -361,6 +361,19 @@ SLICES = {
             v2("12m", 1, 20, fractions=(0.1, 0.3, 0.6), seeds=(1,)),
         ],
     },
+    # next session (a machine of two H200s: one slice per GPU, CUDA_VISIBLE_DEVICES and --out/--work
+    # per GPU as in session 6): the 90m optimum at S = 20 (f = 0.3 and 0.7 ran in s19/s22; the
+    # shipped law says 0.24, the closed form with a size term 0.45, the paper 0.11), one
+    # fraction per GPU and call (--workers 1 --eff 0.8; s19 and s22 took 431 and 359 s)
+    "s24": {"lr_sweep": {}, "lr": {"90m": 1.5e-3}, "grids": [v2("90m", 1, 20, fractions=(0.1,))]},
+    "s25": {"lr_sweep": {}, "lr": {"90m": 1.5e-3}, "grids": [v2("90m", 1, 20, fractions=(0.45,))]},
+    "s26": {"lr_sweep": {}, "lr": {"90m": 1.5e-3}, "grids": [v2("90m", 1, 20, fractions=(1.0,))]},
+    # a second bit width above 17m: 30m at 2 bits, S = 20 (4 workers, --eff 0.22)
+    "s27": {
+        "lr_sweep": {},
+        "lr": {"30m": 1.5e-3},
+        "grids": [v2("30m", 2, 20, fractions=(0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 1.0), split=4)],
+    },
     # (session 1's plan for the next session; superseded by s3 below)
     "s3-draft": {
         "lr_sweep": {},
