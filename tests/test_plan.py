@@ -148,9 +148,13 @@ def test_memory_fp_equivalent_token_equivalent(law):
 def test_default_law_is_closed_form_only():
     lw = default_law()
     assert lw.name == "closed-form"
-    assert lw.provenance["source"] == (
-        "paper closed form (Dremov et al. 2025), a=6.7297; no loss law fitted yet"
-    )
+    from coqat.law import PAPER_SOURCE
+
+    assert lw.provenance["source"] == PAPER_SOURCE and "757 runs" in PAPER_SOURCE
+    assert lw.provenance["fit_range"]["N"] == [86e6, 2.2e9]  # the paper's sizes: a 17M query warns
+    from coqat.plan.planner import range_warnings
+
+    assert range_warnings(lw, N=17e6) and not range_warnings(lw, N=1e9)
     r = optimal_fraction(lw, 1e7, 20 * 1e7 * 0.5, 4)
     assert round(r["f_opt"], 3) == 0.106 and r["loss_opt"] is None
     assert "fitted" in r["note"] and "--law" in r["note"]

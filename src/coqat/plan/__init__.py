@@ -31,8 +31,8 @@ def default_law_path() -> Path:
 
 
 def default_law() -> Any:
-    """The default law. Until a reference fit exists this is the paper's closed form alone
-    (``source: "paper closed form (Dremov et al. 2025), a=6.7297; no loss law fitted yet"``)."""
+    """The default law: the paper's closed form alone (``coqat.law.PAPER_SOURCE``), until a
+    reference fit predicts the optimum, not just the loss (experiments/reference/README.md, 2.)."""
     from coqat.law.base import load_law
 
     p = default_law_path()

@@ -17,7 +17,8 @@ from coqat.law.runs import QUANT_BITS, check_bits
 from coqat.plan._opt import minimize_bounded, root_log
 
 NEEDS_FIT = (
-    "loss predictions need a fitted loss law (pass --law FILE from `coqat fit`); "
+    "loss predictions need a fitted loss law (pass --law FILE from `coqat fit`, or --law "
+    "reference-linux-c, the shipped small-scale fit); "
     "the closed form only predicts the optimal fraction"
 )
 DEFAULT_BITS = (1, 1.58, 2, 3, 4, 6, 8)
