@@ -191,3 +191,32 @@ def test_runs_where():
     for bad in ("bits<<4", "nope==1", "schedule>fused"):
         with pytest.raises(ConfigError, match="where"):
             r.where(bad)
+
+
+def test_sized_closed_form(runs, tmp_path):
+    """f = exp(-a / ln(S (N/1e7)^g)): g = 0 is the paper's form; a fit on exact triples recovers
+    (a, g); fit_runs takes its triples from a runs table; JSON round trip; N is required."""
+    import numpy as np
+
+    from coqat.errors import ConfigError
+    from coqat.law import SizedFractionClosedForm, load_law
+
+    S = np.array([20.0, 80.0, 320.0, 1000.0, 80.0, 20.0])
+    N = np.array([2e6, 4e6, 2e6, 2e6, 3e7, 9e7])
+    assert SizedFractionClosedForm(6.7297, 0.0).predict_fraction(S, N) == pytest.approx(
+        FractionClosedForm().predict_fraction(S)
+    )
+    f = SizedFractionClosedForm(4.0, 0.8).predict_fraction(S, N)
+    law = SizedFractionClosedForm().fit(S, f, N=N)
+    assert law.params_ == pytest.approx({"a": 4.0, "g": 0.8}, abs=1e-3)
+    assert law.provenance["fit_range"]["N"] == [2e6, 9e7]
+    back = load_law(law.save(tmp_path / "s.json"))
+    assert type(back) is SizedFractionClosedForm and back.g == pytest.approx(law.g)
+    assert back.optimal_fraction(4e6, 80 * 4e6 / 8, 1) == pytest.approx(f[1])
+    with pytest.raises(ConfigError, match="N"):
+        law.predict_fraction(S)
+    with pytest.raises(ConfigError, match="N"):
+        SizedFractionClosedForm().fit(S, f)
+    c = SizedFractionClosedForm().fit_runs(runs)
+    assert c.fit_report_["converged"] and c.provenance["n_pairs"] > 10
+    assert c.fit_report_["mae"] <= FractionClosedForm().fit_runs(runs).fit_report_["mae"] + 1e-6

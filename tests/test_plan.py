@@ -260,6 +260,9 @@ def test_cli_fit_then_plan(tmp_path, capsys):
     assert "loss at f*" in txt and "FP-equivalent" in txt and "data_hash" in txt
     assert (tmp_path / "p.png").stat().st_size > 1000
     assert main(["fit", str(csv), "--law", "closed-form", "--out", str(tmp_path / "c.json")]) == 0
+    sized = tmp_path / "cs.json"
+    assert main(["fit", str(csv), "--law", "closed-form-sized", "--out", str(sized)]) == 0
+    assert set(json.loads(sized.read_text())["params"]) == {"a", "g"}
     capsys.readouterr()
     out = tmp_path / "s.json"
     assert (
@@ -371,3 +374,21 @@ def test_memory_budget_with_embedding_bits():
     assert 8.0 not in real  # the embedding alone needs 3.1 MB at 8 bits
     with pytest.raises(ConfigError, match="memory"):
         best_under_memory(law, 1e6, tokens=1.5e8, level=None, embed_params=emb)
+
+
+def test_shipped_fraction_law_is_the_reference_size_term_fit():
+    """reference-linux-c-fraction: the closed form with a size term that analyze.py fits on the
+    reference f* (its parameters are summary.json's), loaded by name; the planner uses N."""
+    from coqat.law import SizedFractionClosedForm
+    from coqat.plan import load_law
+
+    law = load_law("reference-linux-c-fraction")
+    assert isinstance(law, SizedFractionClosedForm)
+    summary = Path(__file__).resolve().parents[1] / "experiments/reference/summary.json"
+    v = json.loads(summary.read_text())["decay"]["total"]["closed_form_variants"]["S (N / 1e7)^g"]
+    assert law.params_ == pytest.approx(v["params"], rel=1e-6)
+    assert law.provenance["mae_loo"] == pytest.approx(v["mae_loo"])
+    small = optimal_fraction(law, 17e6, 173e6, 1)
+    big = optimal_fraction(law, 1e9, 1e11, 4)
+    assert small["f_opt"] > small["f_closed_form"] and small["loss_opt"] is None
+    assert big["warnings"] and not small["warnings"]  # 1B is far outside 1.9-29.9M

@@ -4,13 +4,19 @@ Pure numpy (scipy.optimize is imported lazily inside the fitting functions); nev
 """
 
 from coqat.law.base import LAWS, Law, features, load_law
-from coqat.law.closed_form import PAPER_A, PAPER_SOURCE, FractionClosedForm
+from coqat.law.closed_form import (
+    PAPER_A,
+    PAPER_SOURCE,
+    FractionClosedForm,
+    SizedFractionClosedForm,
+)
 from coqat.law.laws import ChenQATLaw, KumarPrecisionLaw, PerBitChinchilla, QATLaw
 from coqat.law.runs import ALLOWED_BITS, REQUIRED, Runs
 
 LAW_CHOICES = {
     "qat": QATLaw,
     "closed-form": FractionClosedForm,
+    "closed-form-sized": SizedFractionClosedForm,
     "per-bit-chinchilla": PerBitChinchilla,
     "chen": ChenQATLaw,
     "kumar": KumarPrecisionLaw,
@@ -50,6 +56,7 @@ __all__ = [
     "REQUIRED",
     "ChenQATLaw",
     "FractionClosedForm",
+    "SizedFractionClosedForm",
     "KumarPrecisionLaw",
     "Law",
     "PerBitChinchilla",

@@ -379,8 +379,9 @@ def load_law(path_or_dict: Any) -> Any:
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise ConfigError("law", f"not a coqat law file (expected format {FORMAT!r})")
     import coqat.law.laws  # noqa: F401  (registers the loss laws)
-    from coqat.law.closed_form import FractionClosedForm
+    from coqat.law.closed_form import FractionClosedForm, SizedFractionClosedForm
 
-    if d.get("law") == FractionClosedForm.name:
-        return FractionClosedForm.from_json(d)
+    for cls in (FractionClosedForm, SizedFractionClosedForm):
+        if d.get("law") == cls.name:
+            return cls.from_json(d)
     return Law.from_json(d)

@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-LAW_NAMES = ("qat", "closed-form", "per-bit-chinchilla", "chen", "kumar")
+LAW_NAMES = ("qat", "closed-form", "closed-form-sized", "per-bit-chinchilla", "chen", "kumar")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -27,7 +27,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--law",
         help="law JSON from `coqat fit`, or a shipped law by name: reference-linux-c (the "
-        "reference experiment's fit, 1.9-91.2M parameters) or default (the default law)",
+        "reference experiment's loss law, 1.9-91.2M parameters), reference-linux-c-fraction "
+        "(its optima as a closed form with a size term, 1.9-29.9M) or default (the default law)",
     )
     p.add_argument(
         "--memory", help="weight-memory budget: compare bit widths (needs --tokens or --flops)"
@@ -61,8 +62,9 @@ def add_parser(subparsers: Any) -> None:
         "--law",
         default="qat",
         choices=LAW_NAMES,
-        help="qat = the paper's law; closed-form = f_hat(S) fitted to measured optima; the "
-        "rest are rival laws (default qat)",
+        help="qat = the paper's law; closed-form = f_hat(S) fitted to measured optima; "
+        "closed-form-sized = the same with a size term, f_hat(S (N/1e7)^g); the rest are rival "
+        "laws (default qat)",
     )
     f.add_argument("--out", required=True, help="output law JSON")
     f.add_argument(
@@ -369,7 +371,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "law": args.law,
         "where": args.where,
     }
-    if args.law == "closed-form":
+    if args.law in ("closed-form", "closed-form-sized"):
         law = cls().fit_runs(runs)
         summary["params"] = law.params_
         summary["fit"] = law.fit_report_
@@ -408,7 +410,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
         summary["compare"] = compare(
             runs,
-            [c for n, c in LAW_CHOICES.items() if n != "closed-form"],
+            [c for n, c in LAW_CHOICES.items() if not n.startswith("closed-form")],
             args.holdout or "largest-N",
             n_restarts=args.restarts,
             seed=args.seed,

@@ -25,7 +25,8 @@ DEFAULT_BITS = (1, 1.58, 2, 3, 4, 6, 8)
 
 
 def _is_closed_form(law: Any) -> bool:
-    return getattr(law, "name", "") == "closed-form"
+    """A fraction-only rule (the paper's closed form, or the one with a size term)."""
+    return getattr(law, "name", "") in ("closed-form", "closed-form-sized")
 
 
 def _pos(v: Any, field: str) -> float:
@@ -145,7 +146,7 @@ def optimal_fraction(
     }
     if _is_closed_form(law):
         out.update(
-            f_opt=law.predict_fraction(S),
+            f_opt=law.optimal_fraction(N, D, b),
             f_opt_ci=None,
             loss_opt=None,
             loss_baseline=None,
