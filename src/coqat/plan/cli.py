@@ -314,6 +314,11 @@ def _plot(
 
         S = np.logspace(0.5, 6, 300)
         ax.plot(S, FractionClosedForm().predict_fraction(S), label="paper f_hat(S)")
+        name = getattr(law, "name", "")
+        if name == "closed-form-sized":  # the fitted rule at this N
+            ax.plot(S, law.predict_fraction(S, N), label=f"{name} at N={N:.3g}")
+        elif name == "closed-form" and law.a != FractionClosedForm().a:
+            ax.plot(S, law.predict_fraction(S), label=f"refitted a={law.a:.3g}")
         ax.scatter([plan["S_total"]], [plan["f_opt"]], color="C3", zorder=3, label="query")
         ax.set_xscale("log")
         ax.set_xlabel("tokens per parameter byte S_total")
