@@ -43,14 +43,7 @@ class FractionClosedForm:
         return self.params_["a"]
 
     def predict_fraction(self, S_total: Any) -> Any:
-        S = np.asarray(S_total, float)
-        if np.any(~np.isfinite(S)) or np.any(S <= 0):
-            raise ConfigError("S_total", f"must be a finite number > 0, got {S_total!r}")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            lnS = np.log(S)
-            f = np.where(lnS > 1.0, np.exp(-self.a / np.where(lnS > 1.0, lnS, 1.0)), 0.0)
-        f = np.clip(f, 0.0, 1.0)
-        return float(f) if f.ndim == 0 else f
+        return _fraction(self.a, _checked_S(S_total))
 
     def optimal_fraction(self, N: Any, D: Any, bits: Any) -> Any:
         from coqat.law.runs import check_bits, finite_positive
@@ -58,7 +51,11 @@ class FractionClosedForm:
         N = finite_positive(N, "N")
         D = finite_positive(D, "D")
         b = check_bits(bits)
-        return self.predict_fraction(D / (N * np.minimum(b, 16.0) / 8.0))
+        return self._at(D / (N * np.minimum(b, 16.0) / 8.0), N)
+
+    def _at(self, S: Any, N: Any) -> Any:
+        """The fraction at S_total (and N, for rules that use it)."""
+        return self.predict_fraction(S)
 
     def fit(self, S_total: Any, f_star: Any, loss: str = "mae") -> FractionClosedForm:
         """Refit ``a`` from (S_total, f*) pairs by MAE (paper's metric) or least squares."""
@@ -133,7 +130,7 @@ class FractionClosedForm:
             d = json.loads(Path(d).read_text())
         if d.get("law") != cls.name:
             raise ConfigError("law", f"JSON holds a {d.get('law')!r} law, not {cls.name!r}")
-        law = cls(d["params"]["a"])
+        law = cls(**{k: d["params"][k] for k in cls.param_names})
         law.provenance = dict(d.get("provenance") or {})
         law.fit_report_ = d.get("fit_report")
         return law
@@ -154,6 +151,22 @@ class FractionClosedForm:
 
     def __repr__(self) -> str:
         return f"FractionClosedForm(a={self.a})"
+
+
+def _checked_S(S_total: Any) -> np.ndarray:
+    S = np.asarray(S_total, float)
+    if np.any(~np.isfinite(S)) or np.any(S <= 0):
+        raise ConfigError("S_total", f"must be a finite number > 0, got {S_total!r}")
+    return S
+
+
+def _fraction(a: float, x: np.ndarray) -> Any:
+    """exp(-a / ln x) clipped to [0, 1]; 0 where ln x <= 1."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lx = np.log(x)
+        f = np.where(lx > 1.0, np.exp(-a / np.where(lx > 1.0, lx, 1.0)), 0.0)
+    f = np.clip(f, 0.0, 1.0)
+    return float(f) if f.ndim == 0 else f
 
 
 def fstar_pairs(runs: Any, min_fractions: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -206,19 +219,11 @@ class SizedFractionClosedForm(FractionClosedForm):
             raise ConfigError("N", "the sized closed form needs N (parameters) besides S_total")
         from coqat.law.runs import finite_positive
 
-        S = np.asarray(S_total, float)
-        if np.any(~np.isfinite(S)) or np.any(S <= 0):
-            raise ConfigError("S_total", f"must be a finite number > 0, got {S_total!r}")
-        x = S * (finite_positive(N, "N") / self.N0) ** self.g
-        return FractionClosedForm(self.a, source="-").predict_fraction(x)
+        x = _checked_S(S_total) * (finite_positive(N, "N") / self.N0) ** self.g
+        return _fraction(self.a, x)
 
-    def optimal_fraction(self, N: Any, D: Any, bits: Any) -> Any:
-        from coqat.law.runs import check_bits, finite_positive
-
-        N = finite_positive(N, "N")
-        D = finite_positive(D, "D")
-        b = check_bits(bits)
-        return self.predict_fraction(D / (N * np.minimum(b, 16.0) / 8.0), N)
+    def _at(self, S: Any, N: Any) -> Any:
+        return self.predict_fraction(S, N)
 
     def fit(self, S_total: Any, f_star: Any, loss: str = "mae", N: Any = None):
         """Fit (a, g) from (S_total, N, f*) triples by MAE (or least squares), Nelder-Mead from
@@ -265,17 +270,6 @@ class SizedFractionClosedForm(FractionClosedForm):
 
     def _fit_pairs(self, S: Any, N: Any, f: Any, loss: str) -> None:
         self.fit(S, f, loss=loss, N=N)
-
-    @classmethod
-    def from_json(cls, d: Any) -> SizedFractionClosedForm:
-        if isinstance(d, str | Path):
-            d = json.loads(Path(d).read_text())
-        if d.get("law") != cls.name:
-            raise ConfigError("law", f"JSON holds a {d.get('law')!r} law, not {cls.name!r}")
-        law = cls(d["params"]["a"], d["params"]["g"])
-        law.provenance = dict(d.get("provenance") or {})
-        law.fit_report_ = d.get("fit_report")
-        return law
 
     def describe(self) -> str:
         return (
