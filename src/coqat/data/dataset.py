@@ -66,6 +66,21 @@ class TokenDataset:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def head(self, n: int) -> TokenDataset:
+        """The same split restricted to its first ``n`` tokens (a view, no copy); DataError
+        when the split holds fewer."""
+        check(n >= 1, "train_tokens", f"must be >= 1, got {n}")
+        if n > len(self.tokens):
+            raise DataError(
+                f"{self.path}: data.train_tokens = {n} is more than the {len(self.tokens)} "
+                f"tokens of the {self.split!r} split"
+            )
+        import copy
+
+        out = copy.copy(self)
+        out.tokens = self.tokens[:n]
+        return out
+
     def __repr__(self) -> str:
         return f"TokenDataset({str(self.dir)!r}, {self.split!r}, tokens={len(self)})"
 

@@ -9,6 +9,7 @@ from coqat.law.closed_form import (
     PAPER_SOURCE,
     FractionClosedForm,
     SizedFractionClosedForm,
+    TokensPerBitClosedForm,
 )
 from coqat.law.laws import ChenQATLaw, KumarPrecisionLaw, PerBitChinchilla, QATLaw
 from coqat.law.runs import ALLOWED_BITS, REQUIRED, Runs
@@ -17,6 +18,7 @@ LAW_CHOICES = {
     "qat": QATLaw,
     "closed-form": FractionClosedForm,
     "closed-form-sized": SizedFractionClosedForm,
+    "closed-form-tpb": TokensPerBitClosedForm,
     "per-bit-chinchilla": PerBitChinchilla,
     "chen": ChenQATLaw,
     "kumar": KumarPrecisionLaw,
@@ -57,6 +59,7 @@ __all__ = [
     "ChenQATLaw",
     "FractionClosedForm",
     "SizedFractionClosedForm",
+    "TokensPerBitClosedForm",
     "KumarPrecisionLaw",
     "Law",
     "PerBitChinchilla",

@@ -379,9 +379,14 @@ def load_law(path_or_dict: Any) -> Any:
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise ConfigError("law", f"not a coqat law file (expected format {FORMAT!r})")
     import coqat.law.laws  # noqa: F401  (registers the loss laws)
-    from coqat.law.closed_form import FractionClosedForm, SizedFractionClosedForm
+    from coqat.law.closed_form import (
+        FractionClosedForm,
+        SizedFractionClosedForm,
+        TokensPerBitClosedForm,
+    )
+    from coqat.law.handover import HandoverRule
 
-    for cls in (FractionClosedForm, SizedFractionClosedForm):
+    for cls in (FractionClosedForm, SizedFractionClosedForm, TokensPerBitClosedForm, HandoverRule):
         if d.get("law") == cls.name:
             return cls.from_json(d)
     return Law.from_json(d)

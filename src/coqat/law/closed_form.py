@@ -37,6 +37,8 @@ class FractionClosedForm:
         if source is None and a == PAPER_A:  # the planner warns > 3x outside the paper's sizes
             self.provenance["fit_range"] = dict(PAPER_FIT_RANGE)
         self.fit_report_: dict[str, Any] | None = {"converged": True, "note": "paper value"}
+        self.bootstrap_samples_: list[dict[str, float]] = []
+        self.bootstrap_info_: dict[str, Any] = {}
 
     @property
     def a(self) -> float:
@@ -111,6 +113,45 @@ class FractionClosedForm:
     def _fit_pairs(self, S: Any, N: Any, f: Any, loss: str) -> None:
         self.fit(S, f, loss=loss)
 
+    def bootstrap(
+        self, S_total: Any, N: Any, f_star: Any, n_boot: int = 200, seed: int = 0,
+        loss: str = "mae",
+    ) -> FractionClosedForm:  # fmt: skip
+        """Refit on ``n_boot`` resamples of the (S_total, N, f*) triples (grids drawn with
+        replacement); the parameter samples give :meth:`fraction_ci`. Keeps the current fit."""
+        S, Nn, f = (np.asarray(v, float) for v in (S_total, N, f_star))
+        if not (S.shape == Nn.shape == f.shape) or S.size < 2:
+            raise ConfigError("f_star", "bootstrap needs >= 2 equally long (S, N, f*) triples")
+        rng = np.random.default_rng(seed)
+        samples = []
+        for _ in range(int(n_boot)):
+            i = rng.integers(0, S.size, S.size)
+            m = type(self)()
+            try:
+                m._fit_pairs(S[i], Nn[i], f[i], loss)
+            except ConfigError:  # a resample the form cannot be fitted on (e.g. all S <= e)
+                continue
+            samples.append(dict(m.params_))
+        self.bootstrap_samples_ = samples
+        self.bootstrap_info_ = {"n": len(samples), "n_requested": int(n_boot), "seed": seed,
+                                "resampled": "grids (S, N, f*) with replacement"}
+        return self
+
+    def with_params(self, params: dict[str, float]) -> FractionClosedForm:
+        new = type(self)(**{k: params[k] for k in self.param_names})
+        new.provenance = self.provenance
+        return new
+
+    def fraction_ci(self, N: Any, D: Any, bits: Any, level: float = 0.9) -> list[float] | None:
+        """The ``level`` interval of the predicted fraction over the bootstrap samples (None
+        without samples)."""
+        samples = getattr(self, "bootstrap_samples_", None)
+        if not samples:
+            return None
+        fs = np.array([self.with_params(p).optimal_fraction(N, D, bits) for p in samples])
+        q = (1 - level) / 2
+        return [float(np.quantile(fs, q)), float(np.quantile(fs, 1 - q))]
+
     def to_json(self) -> dict[str, Any]:
         from coqat.law.base import FORMAT
 
@@ -122,6 +163,11 @@ class FractionClosedForm:
             "params": self.params_,
             "provenance": self.provenance,
             "fit_report": self.fit_report_,
+            **(
+                {"bootstrap": {**self.bootstrap_info_, "samples": self.bootstrap_samples_}}
+                if getattr(self, "bootstrap_samples_", None)
+                else {}
+            ),
         }
 
     @classmethod
@@ -133,6 +179,10 @@ class FractionClosedForm:
         law = cls(**{k: d["params"][k] for k in cls.param_names})
         law.provenance = dict(d.get("provenance") or {})
         law.fit_report_ = d.get("fit_report")
+        boot = d.get("bootstrap")
+        if boot:
+            law.bootstrap_samples_ = [dict(p) for p in boot.get("samples", [])]
+            law.bootstrap_info_ = {k: v for k, v in boot.items() if k != "samples"}
         return law
 
     def save(self, path: str | Path) -> Path:
@@ -279,3 +329,75 @@ class SizedFractionClosedForm(FractionClosedForm):
 
     def __repr__(self) -> str:
         return f"SizedFractionClosedForm(a={self.a}, g={self.g})"
+
+
+class TokensPerBitClosedForm(SizedFractionClosedForm):
+    """The closed form in tokens per bit: ``f = exp(-a / ln x)``, ``x = D / (bits k)``,
+    k = N0/8 = 1.25e6 tokens per bit, clipped to [0, 1] (0 for x <= e). It is the sized form
+    with g = 1 (``S_total N / N0 = 8 D / (bits N0)``): the model size drops out, so at a fixed
+    token budget and width it predicts the same fraction for every N, where the paper's form
+    predicts a fraction falling with N. One parameter, like the paper's. Predicts the fraction
+    only."""
+
+    name = "closed-form-tpb"
+    param_names = ["a"]
+    bounds = {"a": (0.0, 100.0)}
+    K = SizedFractionClosedForm.N0 / 8.0  # tokens per bit at which x = 1
+
+    def __init__(self, a: float = PAPER_A, source: str | None = None):
+        super().__init__(a, 1.0, source or f"closed form in tokens per bit D/B, a={a:g}")
+        self.params_ = {"a": float(a)}
+
+    @property
+    def g(self) -> float:
+        return 1.0
+
+    def fit(self, S_total: Any, f_star: Any, loss: str = "mae", N: Any = None):
+        """Fit ``a`` from (S_total, N, f*) triples (x = S_total N / N0) by MAE or least
+        squares."""
+        from scipy.optimize import minimize_scalar
+
+        S = np.asarray(S_total, float)
+        f = np.asarray(f_star, float)
+        if N is None:
+            raise ConfigError("N", "the tokens-per-bit form is fitted on (S_total, N, f*) triples")
+        Nn = np.asarray(N, float)
+        if not (S.shape == f.shape == Nn.shape) or S.size < 1:
+            raise ConfigError("f_star", "need equally long, non-empty S_total, N and f_star")
+        if loss not in ("mae", "lsq"):
+            raise ConfigError("loss", f"{loss!r} is not allowed; choose one of ['mae', 'lsq']")
+
+        def obj(a):
+            r = TokensPerBitClosedForm(a).predict_fraction(S, Nn) - f
+            return np.mean(np.abs(r)) if loss == "mae" else np.mean(r * r)
+
+        res = minimize_scalar(obj, bounds=self.bounds["a"], method="bounded",
+                              options={"xatol": 1e-6})
+        self.params_ = {"a": float(res.x)}
+        pred = self.predict_fraction(S, Nn)
+        self.fit_report_ = {
+            "converged": bool(res.success),
+            "loss": loss,
+            "n": int(S.size),
+            "mae": float(np.mean(np.abs(pred - f))),
+        }
+        D_over_B = S * Nn / 8.0
+        self.provenance = {
+            "source": f"closed form in tokens per bit fitted on {S.size} (S, N, f*) triples",
+            "n_pairs": int(S.size),
+            "fit_range": {
+                "N": [float(Nn.min()), float(Nn.max())],
+                "S_total": [float(S.min()), float(S.max())],
+                "D_per_bit": [float(D_over_B.min()), float(D_over_B.max())],
+            },
+        }
+        return self
+
+    def describe(self) -> str:
+        return (
+            f"TokensPerBitClosedForm [closed-form-tpb] a={self.a:.4f} (x = D / (bits 1.25e6)): "
+            f"{self.provenance.get('source')}"
+        )
+
+    def __repr__(self) -> str:
+        return f"TokensPerBitClosedForm(a={self.a})"

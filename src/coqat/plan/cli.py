@@ -11,7 +11,10 @@ import argparse
 import sys
 from typing import Any
 
-LAW_NAMES = ("qat", "closed-form", "closed-form-sized", "per-bit-chinchilla", "chen", "kumar")
+LAW_NAMES = (
+    "qat", "closed-form", "closed-form-sized", "closed-form-tpb", "per-bit-chinchilla", "chen",
+    "kumar",
+)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -63,7 +66,8 @@ def add_parser(subparsers: Any) -> None:
         default="qat",
         choices=LAW_NAMES,
         help="qat = the paper's law; closed-form = f_hat(S) fitted to measured optima; "
-        "closed-form-sized = the same with a size term, f_hat(S (N/1e7)^g); the rest are rival "
+        "closed-form-sized = the same with a size term, f_hat(S (N/1e7)^g); closed-form-tpb = "
+        "f_hat in tokens per bit, f_hat(D / (B 1.25e6)); the rest are rival "
         "laws (default qat)",
     )
     f.add_argument("--out", required=True, help="output law JSON")
@@ -210,6 +214,20 @@ def _fmt(v: Any, ci: Any = None, digits: int = 4) -> str:
     return s
 
 
+def _evidence_line(ev: dict[str, Any]) -> str:
+    """One line of a rule's evidence: where it was measured and how well it predicted held-out
+    grids (the keys written by the rule selection; unknown keys are shown as they are)."""
+    parts = []
+    for k, v in ev.items():
+        if isinstance(v, float):
+            parts.append(f"{k}={v:.4g}")
+        elif isinstance(v, list) and all(isinstance(x, int | float) for x in v):
+            parts.append(f"{k}=[" + ", ".join(f"{x:.3g}" for x in v) + "]")
+        elif isinstance(v, str | int):
+            parts.append(f"{k}={v}")
+    return ", ".join(parts)
+
+
 def _print_plan(out: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -256,6 +274,11 @@ def _print_plan(out: dict[str, Any]) -> None:
                 f"{fmt_count(p['D'] * (1 - p['f_opt']))} / {fmt_count(p['D'] * p['f_opt'])}",
             )
         con.print(t)
+        if p.get("basis"):
+            con.print(f"[bold]rule used[/]: {escape(p['basis'])}")
+        ev = p.get("evidence") or {}
+        if ev:
+            con.print("[bold]evidence[/]: " + escape(_evidence_line(ev)))
         if p.get("note"):
             con.print(f"[yellow]note[/]: {p['note']}")
         for w in p.get("warnings", []):
@@ -376,7 +399,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         "law": args.law,
         "where": args.where,
     }
-    if args.law in ("closed-form", "closed-form-sized"):
+    if args.law in ("closed-form", "closed-form-sized", "closed-form-tpb"):
         law = cls().fit_runs(runs)
         summary["params"] = law.params_
         summary["fit"] = law.fit_report_

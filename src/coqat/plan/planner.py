@@ -26,7 +26,9 @@ DEFAULT_BITS = (1, 1.58, 2, 3, 4, 6, 8)
 
 def _is_closed_form(law: Any) -> bool:
     """A fraction-only rule (the paper's closed form, or the one with a size term)."""
-    return getattr(law, "name", "") in ("closed-form", "closed-form-sized")
+    return getattr(law, "name", "") in (
+        "closed-form", "closed-form-sized", "closed-form-tpb", "handover"
+    )
 
 
 def _pos(v: Any, field: str) -> float:
@@ -142,12 +144,18 @@ def optimal_fraction(
         "S_total": S,
         "f_closed_form": FractionClosedForm().predict_fraction(S),
         "law": law.describe() if hasattr(law, "describe") else str(law),
-        "warnings": range_warnings(law, N, S),
+        "warnings": range_warnings(law, N, S) + (
+            law.range_notes(N) if hasattr(law, "range_notes") else []
+        ),
     }
     if _is_closed_form(law):
+        ci = getattr(law, "fraction_ci", None)
         out.update(
             f_opt=law.optimal_fraction(N, D, b),
-            f_opt_ci=None,
+            f_opt_ci=ci(N, D, b, level) if ci is not None and level is not None else None,
+            level=level,
+            basis=law.basis(N) if hasattr(law, "basis") else None,
+            evidence=getattr(law, "evidence", None),
             loss_opt=None,
             loss_baseline=None,
             regret_loss=None,

@@ -17,7 +17,7 @@ def add_parser(subparsers: Any) -> None:
         "schedules x seeds) trained with shared FP trunks, results in an SQLite store.",
     )
     sw.set_defaults(func=lambda a: sw.print_help())
-    sub = sw.add_subparsers(dest="sweep_command", metavar="{plan,run,status}")
+    sub = sw.add_subparsers(dest="sweep_command", metavar="{plan,predict,run,status}")
 
     p = sub.add_parser(
         "plan",
@@ -31,6 +31,26 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--runs", action="store_true", help="also list every run")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_plan)
+
+    pr = sub.add_parser(
+        "predict",
+        help="write down each grid's optimal QAT fraction under several rules, before running",
+        description="Pre-register predictions: for every grid of the sweep (runs that differ "
+        "only in their QAT fraction) print and save the optimal fraction under each rule "
+        "(a fraction rule or a fitted loss law), with the commit, so the measured optima can be "
+        "scored against predictions made before the runs.",
+    )
+    pr.add_argument("file", help="sweep file (.yaml/.yml/.toml)")
+    pr.add_argument("--law", action="append", metavar="LABEL=LAW",
+                    help="a rule to predict with: LABEL=NAME_OR_JSON (a shipped law name such as "
+                    "default or reference-linux-c-fraction, or a law JSON file); repeatable")
+    pr.add_argument("--ci", type=float, default=0.9, help="interval level for laws with "
+                    "bootstrap samples (default 0.9)")
+    pr.add_argument("--train-split-tokens", type=int, default=None,
+                    help="tokens of the train split (for epochs) when the sweep's data folder is "
+                    "not on this machine")
+    pr.add_argument("--out", default=None, help="write the predictions as JSON here")
+    pr.set_defaults(func=_predict)
 
     r = sub.add_parser(
         "run",
@@ -174,6 +194,12 @@ def _plan(args: argparse.Namespace) -> int:
                   f"f={c.qat.fraction:<5g} {c.qat.schedule:<8} seed={c.seed} "
                   f"trunk={r.trunk or '-'} branch={r.branch_step}")
     return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from coqat.sweep.predict import main_predict
+
+    return main_predict(args)
 
 
 def _run(args: argparse.Namespace) -> int:

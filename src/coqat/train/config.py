@@ -26,9 +26,17 @@ class DataConfig:
     path: str = ""
     val_tokens: int = 262_144  # tokens of the validation split used for every evaluation
     verify: Literal["full", "size"] = "size"
+    # train on the first ``train_tokens`` tokens of the train split only (0 = all of it): the
+    # same token budget then repeats the data more often (epochs = D_total / train_tokens)
+    train_tokens: int = 0
 
     def __post_init__(self) -> None:
         check(self.val_tokens > 0, "data.val_tokens", f"must be > 0, got {self.val_tokens}")
+        check(
+            self.train_tokens >= 0,
+            "data.train_tokens",
+            f"must be >= 0 (0 = the whole train split), got {self.train_tokens}",
+        )
 
 
 @dataclass(frozen=True)
@@ -100,10 +108,13 @@ class QATConfig:
     lr_ratio: float = 1.0  # QAT peak lr relative to the FP peak lr
     rewarmup: float = 0.05  # standard: warmup fraction of the QAT phase
     cooldown: float = 0.2  # QAT cooldown length, as a fraction of ``cooldown_of``
-    # what qat.cooldown is a fraction of: the whole run (capped at the QAT phase; the FP
-    # cooldown's length, moved into QAT: the fused decay does not shrink with f), or the QAT
-    # phase (docs/train.md: the H200 measurement behind the default)
-    cooldown_of: Literal["qat", "total"] = "total"
+    # what qat.cooldown is a fraction of: ``total`` = the whole run, capped at the QAT phase
+    # (the FP cooldown's length, moved into QAT: the fused decay does not shrink with f until
+    # f < cooldown); ``fixed`` = the whole run for every f: when the QAT phase is shorter than
+    # the decay, the decay starts in FP and continues through QAT (every fraction gets the
+    # same decay); ``qat`` = the QAT phase (docs/train.md: the H200 measurement behind the
+    # default)
+    cooldown_of: Literal["qat", "total", "fixed"] = "total"
     carry_optimizer: bool = True  # keep AdamW moments of the weights across the phase switch
     granularity: Literal["row", "group"] = "row"
     group_size: int = 128

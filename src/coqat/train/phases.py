@@ -15,7 +15,10 @@ is the same whether a run is trained alone or branched from a shared trunk:
   last ``qat.cooldown`` fraction (of the QAT phase, or with ``qat.cooldown_of = total`` of
   the whole run, capped at the QAT phase).
 * fused: the FP phase is the trunk itself (no cooldown); QAT continues at ``qat.lr_ratio`` x peak
-  and cools down over its last ``qat.cooldown`` fraction (same basis as above).
+  and cools down over its last ``qat.cooldown`` fraction (same basis as above). With
+  ``qat.cooldown_of = fixed`` the decay is ``qat.cooldown x D_total`` long for every f: when
+  the QAT phase is shorter, the decay starts in the FP phase (the branch point moves there) and
+  continues through QAT, so small fractions are not given a shorter decay.
 * f = 0: FP with the standard cooldown at the end, then PTQ. f = 1: QAT from scratch with the
   FP warmup and the QAT cooldown.
 * schedule.kind = cosine: every decay is a cosine over its whole phase instead (no stable part).
@@ -40,7 +43,7 @@ class PhasePlan:
     warmup_steps: int
     fp_cooldown_start: int  # step where the FP phase's private part begins (branch point)
     qat_start: int  # == fp_steps
-    qat_cooldown_start: int
+    qat_cooldown_start: int  # < qat_start when the decay began in FP (cooldown_of = fixed)
     schedule: str
     kind: str
     fp_only: bool
@@ -87,12 +90,17 @@ def plan_phases(cfg: RunConfig) -> PhasePlan:
     else:
         fp_cd = fp_steps - int(round(cfg.schedule.cooldown * fp_steps))
     fp_cd = max(min(fp_cd, fp_steps), min(warmup, fp_steps))
-    basis = steps if q.cooldown_of == "total" else qat_steps
+    basis = qat_steps if q.cooldown_of == "qat" else steps
     qat_cd = steps - min(qat_steps, int(round(q.cooldown * basis)))
     if q.schedule == "standard" and 0 < fp_steps < steps:  # the decay follows the re-warmup
         qat_cd = max(qat_cd, fp_steps + int(round(q.rewarmup * qat_steps)))
     if kind == "cosine":
         qat_cd = fp_steps
+    qat_cd = max(qat_cd, fp_steps)
+    if fused and kind != "cosine" and q.cooldown_of == "fixed":
+        # the decay keeps its length; a QAT phase shorter than it starts the decay in FP
+        qat_cd = max(steps - int(round(q.cooldown * steps)), min(warmup, fp_steps))
+        fp_cd = min(fp_cd, qat_cd)
     return PhasePlan(
         steps=steps,
         fp_steps=fp_steps,
@@ -101,7 +109,7 @@ def plan_phases(cfg: RunConfig) -> PhasePlan:
         warmup_steps=warmup,
         fp_cooldown_start=fp_cd,
         qat_start=fp_steps,
-        qat_cooldown_start=max(qat_cd, fp_steps),
+        qat_cooldown_start=qat_cd,
         schedule="fp" if q.is_fp else q.schedule,
         kind=kind,
         fp_only=q.is_fp,
@@ -134,6 +142,9 @@ def lr_multiplier(cfg: RunConfig, plan: PhasePlan, step: int) -> float:
             return (step + 1) / plan.warmup_steps
         if step < plan.fp_cooldown_start or plan.fp_cooldown_start >= plan.fp_steps:
             return 1.0
+        if plan.qat_cooldown_start < plan.fp_steps:  # one decay through FP and QAT
+            n = plan.steps - plan.qat_cooldown_start
+            return _decay((step - plan.qat_cooldown_start) / n, shape, floor)
         n = plan.fp_steps - plan.fp_cooldown_start
         return _decay((step - plan.fp_cooldown_start) / n, shape, floor)
     # QAT phase

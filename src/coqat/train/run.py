@@ -130,6 +130,8 @@ class Trainer:
         if not cfg.data.path:
             raise CoqatError("data.path: no prepared data folder given (see `coqat data prepare`)")
         self.train_ds = TokenDataset(cfg.data.path, "train", verify=cfg.data.verify)
+        if cfg.data.train_tokens:
+            self.train_ds = self.train_ds.head(cfg.data.train_tokens)
         self.val_ds = TokenDataset(cfg.data.path, "val", verify=cfg.data.verify)
         if self.train_ds.vocab_size > cfg.model.vocab_size:
             raise CoqatError(
@@ -569,6 +571,8 @@ def _result_record(tr: Trainer, status: str, final: float) -> dict[str, Any]:
         "version": coqat.__version__,
         "config_hash": config_hash(cfg),
         "data_hash": tr.train_ds.data_hash,
+        "train_tokens": len(tr.train_ds),
+        "epochs": plan.tokens / len(tr.train_ds),
         "branched_from": tr.info.get("branched_from", ""),
         "diverged_at": tr.info.get("diverged_at"),
         "last_train_loss": tr.info.get("last_train_loss"),
