@@ -293,6 +293,20 @@ def test_same_size_corruption_is_caught_on_load(tmp_path, fmt):
         load_export(out)
 
 
+def test_edited_config_is_an_error_not_a_traceback(tmp_path):
+    m, qcfg = _prepared(2.0)
+    out = export(m, tmp_path / "e", TINY, qcfg)
+    path = out / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] = 4
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="weight_packed"):
+        load_export(out)
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="config.json: invalid JSON"):
+        load_export(out)
+
+
 def test_export_folder_is_replaced_whole_or_refused(tmp_path):
     m, qcfg = _prepared(4)
     out = export(m, tmp_path / "e", TINY, qcfg, format="hf", dtype=torch.float32)

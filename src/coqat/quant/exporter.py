@@ -335,7 +335,10 @@ def _load_coqat(
             )  # fmt: skip
         with torch.no_grad():
             q.alpha.copy_(scale)
-        codes = unpack_int32(packed, int(layer["storage_bits"]), shape[1])
+        try:
+            codes = unpack_int32(packed, int(layer["storage_bits"]), shape[1])
+        except ValueError as e:
+            raise ConfigError("export", f"{where}: {name}.weight_packed: {e}") from None
         state[f"{name}.weight"] = q.dequantize(codes)
         packed_bytes[name] = packed.numel() * packed.element_size()
     for k, v in tensors.items():

@@ -271,7 +271,10 @@ def load_hf_tensors(tensors: dict[str, torch.Tensor], config: dict[str, Any], wh
                 raise ConfigError("export", f"{where}: {key} comes without {need}")
             scale, shape = (tensors[k] for k in need)
             out_f, in_f = (int(s) for s in shape.tolist())
-            codes = unpack_int32(v, int(wargs["num_bits"]), in_f)
+            try:
+                codes = unpack_int32(v, int(wargs["num_bits"]), in_f)
+            except ValueError as e:
+                raise ConfigError("export", f"{where}: {key}: {e}") from None
             g = scale.shape[1]
             w = codes.reshape(out_f, g, in_f // g).to(scale.dtype) * scale.unsqueeze(-1)
             state[f"{name}.weight"] = w.reshape(out_f, in_f)
