@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-PAPER_A = 6.7297
+from coqat.law.closed_form import PAPER_A  # the paper constant, defined once
+
 NUMERIC = (
     "N", "D_fp", "D_qat", "bits", "loss", "loss_fp", "loss_ptq", "D_total", "f", "f_requested",
     "S_total", "S_fp", "S_qat", "model_bytes", "seed", "wall", "flops",

@@ -39,7 +39,6 @@ from coqat.train.phases import (
     lr_multiplier,
     plan_phases,
     run_accounting,
-    trunk_identity,
 )
 
 CHECKPOINT = "checkpoint.pt"
@@ -53,11 +52,6 @@ def trunk_config(cfg: RunConfig) -> RunConfig:
         qat=QATConfig(bits=FP_BITS, fraction=0.0),
         schedule=replace(cfg.schedule, cooldown=0.0, kind="wsd"),
     )
-
-
-def trunk_key(cfg: RunConfig, data_hash: str = "") -> str:
-    """Runs with equal trunk keys share their FP trunk (up to each run's branch step)."""
-    return config_hash(trunk_identity(cfg), coqat.__version__, data_hash)
 
 
 def resolve_device(cfg: RunConfig) -> torch.device:
