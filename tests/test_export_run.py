@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from tests.conftest import tiny_run_config
+from helpers import tiny_run_config
 
 
 @pytest.mark.parametrize("bits,fraction", [(4, 0.5), (1.58, 1.0), (2, 0.0)])

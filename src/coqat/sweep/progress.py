@@ -26,7 +26,7 @@ def snapshot(
     """
     from coqat.sweep.store import Store
 
-    with Store(store_path, create=False) as st:
+    with Store(store_path, readonly=True) as st:
         counts = st.counts(sweep=sweep, version=version)
         rows = st.rows(("pending", "running", "done"), sweep=sweep, version=version)
     done = [r for r in rows if r["status"] == "done" and (r["wall"] or 0) > 0]

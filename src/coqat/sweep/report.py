@@ -55,7 +55,7 @@ def load_records(store: str | Path | None = None, runs: str | Path | None = None
     if store is not None:
         from coqat.sweep.store import Store
 
-        with Store(store, create=False) as st:
+        with Store(store, readonly=True) as st:
             recs = st.to_records(("done",))
     else:
         p = Path(runs)
@@ -621,7 +621,7 @@ def build_report(
     if store:
         from coqat.sweep.store import Store
 
-        with Store(store, create=False) as st:
+        with Store(store, readonly=True) as st:
             c = st.counts()
         parts.append(_table(list(c), [list(c.values())]))
     parts.append(_table(["size", "bits", "schedule", "runs"],

@@ -69,3 +69,23 @@ def tokens_per_s(cfg: Any, table: dict[str, float] | None = None, default: float
     if cfg.device == "cpu":
         return CPU_FLOPS / flops_per_token(cfg.model)
     return gpu_tokens_per_s(cfg.model)
+
+
+def parse_tokens_per_s(values: list[str]) -> Any:
+    """``--tokens-per-s`` values: one number for every run, or ``SIZE=NUMBER`` entries
+    (a table by size); None when none were given."""
+    from coqat.errors import ConfigError
+
+    if not values:
+        return None
+    table: dict[str, float] = {}
+    for v in values:
+        try:
+            if "=" in v:
+                k, x = v.split("=", 1)
+                table[k.strip()] = float(x)
+            else:
+                return float(v)
+        except ValueError:
+            raise ConfigError("--tokens-per-s", f"{v!r} is not a number or SIZE=NUMBER") from None
+    return table
