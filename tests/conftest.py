@@ -6,7 +6,15 @@ Plain helper functions live in ``tests/helpers.py``; test modules import them as
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# one BLAS/OpenMP thread per process: the tests train tiny models, where threads only add
+# overhead, and on a busy 2-core machine torch's default threads oversubscribe it (a CPU trunk
+# test took 32 s with 2 threads at load 10, 2.7 s with 1). Subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

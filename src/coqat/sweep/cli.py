@@ -255,7 +255,7 @@ def _estimate(args: argparse.Namespace, plan: Any) -> Any:
         raise ConfigError("--devices", f"must be >= 1, got {args.devices}")
     if args.time_limit is not None and not args.time_limit > 0:
         raise ConfigError("--time-limit", f"must be seconds > 0, got {args.time_limit}")
-    gpu: list[str] = []  # the GPU the runs will record: this machine's, else the store's
+    gpu: list[str] = []  # the GPU whose finished runs in --store measure the efficiency
 
     def device_of(cfg_device: str) -> str:
         return "cpu" if cfg_device == "cpu" else (gpu[0] if gpu else "cpu")
@@ -266,11 +266,6 @@ def _estimate(args: argparse.Namespace, plan: Any) -> Any:
         table=_parse_tps(args.tokens_per_s),
         device_of=device_of,
     )
-    from coqat.sweep.estimate import device_label
-
-    here = device_label(None, "cuda")
-    if here != "cpu":
-        gpu.append(here)
     if args.store:
         from collections import Counter
 

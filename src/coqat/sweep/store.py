@@ -262,7 +262,7 @@ class _Connection:
     def _err(self, e: sqlite3.DatabaseError) -> StoreError:
         msg = str(e)
         hint = ""
-        if "malformed" in msg or "not a database" in msg:
+        if any(w in msg for w in ("malformed", "not a database", "Could not decode")):
             hint = (
                 f"; the file is damaged: keep a copy and try `sqlite3 {self.path} .recover | "
                 f"sqlite3 repaired.db` (run folders keep every finished run's result.json)"
