@@ -158,7 +158,7 @@ def _time_args(g: Any, run: bool) -> None:
                        "8601 time (e.g. 2026-12-01T18:00, local time unless it has a zone)")
     g.add_argument("--efficiency", type=float, default=None,
                    help="fraction of the table's tokens/s one device reaches over whole runs "
-                   "when the store has no finished run on it (default 0.8)")
+                   "when the store has no finished run on it (default 0.7)")
 
 
 def _deadline(args: argparse.Namespace, t0: float) -> float | None:

@@ -29,11 +29,11 @@ from typing import Any
 
 from coqat.sweep.store import own_tokens, tokens_per_step
 
-#: fraction of the benchmark throughput one device reaches over a whole run when the store has
-#: no finished run on it: the reference experiment's slices reached 0.8-0.96 of the H200 bench
-#: (experiments/reference/README.md, 7.: 1 worker 0.8-0.9, 3-4 concurrent workers 0.22-0.32
-#: each)
-DEFAULT_EFFICIENCY = 0.8
+#: fraction of the benchmark throughput one device reaches over whole runs when the store has no
+#: finished run on it. The reference experiment's slices on one H200 (experiments/reference/
+#: README.md, 7.) reached 0.58-0.77 of the single-process bench with 4 concurrent workers, 0.80-0.94
+#: for one large run alone, 0.33-0.45 for one worker running many small runs in sequence.
+DEFAULT_EFFICIENCY = 0.7
 
 
 class Estimator:
