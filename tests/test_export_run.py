@@ -49,6 +49,7 @@ def test_cli_train_and_bad_flags(tiny_data, tmp_path, capsys):
     assert "qat.bits" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_quickstart_smoke(tmp_path):
     """The README's main job, shortened: prepare the sample, train PTQ / QAT / from-scratch."""
     from coqat.train.quickstart import quickstart
