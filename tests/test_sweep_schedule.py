@@ -192,8 +192,10 @@ def test_time_limit_checks_each_trunk_segment(tmp_path, monkeypatch):
     assert st.counts()["pending"] == 3 and st.counts()["running"] == 0
     est = Estimator(efficiency=eff)
     left = {round(x["est_s"], 2): x["reason"] for x in left_over(st, est, budget_s=0.2)}
-    assert left[1.0].startswith("does not fit")  # f = 0.5 branches at 50: 50 steps of its own
+    # f = 0.5 branches at 50: 50 steps of its own; the others wait for the segments 50-75/80
+    assert left[1.0] == "not started (est. 1.0s, 0.2s left)"
     assert left[0.5].startswith("waits for trunk") and left[0.6].startswith("waits for trunk")
+    assert "step 75: est. 0.5s, 0.2s left" in left[0.5]
     work(tmp_path / "s.db", engine="fake", version="v", poll_s=0.01, log=lambda m: None,
          efficiency=eff)
     assert st.counts()["done"] == 3
@@ -222,7 +224,7 @@ def test_cli_time_limit_two_workers_two_gpus(tmp_path, monkeypatch, capsys):
             "--efficiency", str(exact_efficiency(rate))]
     assert main([*args, "--time-limit", "1.5"]) == 0
     out = capsys.readouterr().out
-    assert "runs left pending" in out and "does not fit" in out
+    assert "runs left pending" in out and "the time limit was reached" in out
     with Store(store, readonly=True) as st:
         rows = st.rows()
         assert {r["status"] for r in rows} <= {"done", "pending"}
@@ -352,3 +354,27 @@ def test_kill_loop_without_checkpoints_gives_up(tmp_path):
     _kill_loop(tmp_path, env, max_attempts=2, rounds=3, window=0.9)
     t = st.trunks()[0]
     assert t["status"] == "failed" and "without progress" in t["error"]
+
+
+def test_real_engine_leaves_what_cannot_fit(tiny_data, tmp_path, capsys):
+    """The real engine on CPU under a time limit nothing fits in: nothing is claimed, every run
+    is left pending with its reason, the command exits 0 and the store stays consistent."""
+    pytest.importorskip("torch")
+    from coqat.cli import main
+
+    spec = {"name": "real", "base": {
+        "model": {"vocab_size": 512, "seq_len": 32, "d_model": 32, "n_layers": 2, "n_heads": 2},
+        "data": {"path": str(tiny_data), "val_tokens": 2048}, "optim": {"batch_size": 8},
+        "tokens": 8 * 32 * 40, "device": "cpu", "compile": "off"},
+        "bits": [4], "fractions": [0, 0.25, 1], "schedules": ["fused"]}
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    store = tmp_path / "s.db"
+    assert main(["sweep", "run", str(f), "--store", str(store), "--root", str(tmp_path / "r"),
+                 "--no-progress", "--time-limit", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "3 runs left pending" in out and out.count("not started (est.") >= 1
+    with Store(store, readonly=True) as st:
+        assert st.counts()["pending"] == 3 and st.counts()["running"] == 0
+        assert all(r["attempts"] == 0 for r in st.rows())
+        assert st.trunks()[0]["status"] == "pending"

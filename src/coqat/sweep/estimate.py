@@ -314,27 +314,31 @@ def format_schedule(sched: Schedule, *, per_piece: bool = True) -> str:
 def left_over(store: Any, est: Estimator, *, version: str | None = None,
               sweep: str | None = None, budget_s: float | None = None) -> list[dict[str, Any]]:
     """The pending runs of a store and why a time-limited call left them: ``[{key, label,
-    est_s, reason}]``. ``budget_s``: seconds left before the deadline (0 when it passed)."""
+    est_s, reason}]``, ``est_s`` being the piece that did not fit (the run's own part, or the
+    trunk segment it waits for). ``budget_s``: seconds left before the deadline."""
     out = []
     trunk_status = {t["key"]: t["status"] for t in store.trunks()}
+    if budget_s is None:
+        when = ""
+    elif budget_s > 0:
+        when = f", {_fmt(budget_s)} left"
+    else:
+        when = ", the time limit was reached"
     for r in store.rows(("pending",), sweep=sweep, version=version):
         ready_steps = store.trunk_ready_steps(r["trunk"]) if r["trunk"] else {}
         branched = bool(r["trunk"] and r["branch_step"] in ready_steps)
         own = est.seconds(r, own_tokens(r, branched))
-        cfg = est._config(r)
-        item = {"key": r["key"], "label": _run_label(cfg), "est_s": own}
+        item = {"key": r["key"], "label": _run_label(est._config(r)), "est_s": own}
         if r["trunk"] and not branched and trunk_status.get(r["trunk"]) != "failed":
             start = max((s for s in ready_steps if s < r["branch_step"]), default=0)
             seg = est.seconds(r, (r["branch_step"] - start) * tokens_per_step(r))
-            item["reason"] = (
-                f"waits for trunk {r['trunk']}: its segment to step {r['branch_step']} "
-                f"(est. {_fmt(seg)}) does not fit"
-            )
             item["est_s"] = seg
+            item["reason"] = (
+                f"waits for trunk {r['trunk']} (its segment to step {r['branch_step']}: est. "
+                f"{_fmt(seg)}{when})"
+            )
         else:
-            item["reason"] = f"does not fit (est. {_fmt(own)})"
-        if budget_s is not None:
-            item["reason"] += f" in the {_fmt(max(0.0, budget_s))} left"
+            item["reason"] = f"not started (est. {_fmt(own)}{when})"
         out.append(item)
     return out
 

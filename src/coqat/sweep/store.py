@@ -215,7 +215,8 @@ def _num(v: Any) -> Any:
 
 
 class Claim(dict):
-    """What a worker got: ``kind`` ('run' | 'trunk'), ``key``, ``config`` (dict), and for runs
+    """What a worker got: ``kind`` ('run' | 'trunk'), ``key``, ``config`` (dict), ``est_s``
+    (the piece's estimate, in the units of the claim's cost function), and for runs
     ``run_dir``, ``trunk``, ``branch_step``, ``start_from`` (a ready trunk checkpoint or None);
     for trunks ``trunk_dir``."""
 

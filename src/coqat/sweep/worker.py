@@ -5,7 +5,10 @@
 trunk to each branch step still needed, marking each checkpoint ready as soon as it is written)
 or a run (train it, from its trunk checkpoint when one is ready, resuming from its own checkpoint
 when an earlier attempt was interrupted). The worker exits when no run of its code version is
-pending or running any more.
+pending or running any more; with a deadline, as soon as nothing it could still claim fits
+before it (the rest stays pending). Each finished run is recorded in the store the moment it
+ends, with the number of workers that shared its device (``slots_per_device``), from which later
+estimates measure the device's efficiency.
 
 While it holds a claim a heartbeat thread renews the lease. If the lease is lost (the worker
 stalled for longer than the lease and another worker took the work over), the heartbeat
