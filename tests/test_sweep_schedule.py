@@ -111,6 +111,12 @@ def test_efficiency_is_measured_from_finished_runs(tmp_path, monkeypatch):
             db.execute("UPDATE runs SET result=? WHERE key=?", (json.dumps(res), r["key"]))
     half.measure(st)
     assert half.seconds(row, 1000) == pytest.approx(1000 / rate, rel=1e-6)
+    # a run that does not say how many workers shared its device (imported) is no measurement
+    with st.tx() as db:
+        for r in st.rows(("done",)):
+            res = {k: v for k, v in json.loads(r["result"]).items() if k != "slots_per_device"}
+            db.execute("UPDATE runs SET result=? WHERE key=?", (json.dumps(res), r["key"]))
+    assert Estimator(device_of=lambda d: "fake").measure(st) == {}
 
 
 def test_simulation_matches_the_claim_order_of_a_worker(tmp_path, monkeypatch):

@@ -9,8 +9,10 @@ step). Its time on one worker is ``tokens / (tokens_per_s x efficiency / slots_p
 * ``efficiency``: the fraction of that throughput one device reaches over whole runs
   (compilation, evaluation and data loading included), measured from the store's finished runs
   on the same device (median of their trained tokens / wall time / table throughput, times the
-  workers that shared their device; by size when that size has finished runs there), else the
-  ``efficiency`` given (``--efficiency``, default :data:`DEFAULT_EFFICIENCY`);
+  workers that shared their device, which the worker records with each result as
+  ``slots_per_device``; runs without it, e.g. imported ones, do not count; by size when that
+  size has finished runs there), else the ``efficiency`` given (``--efficiency``, default
+  :data:`DEFAULT_EFFICIENCY`);
 * ``slots_per_device``: workers sharing one device share its throughput.
 
 :func:`simulate` plays the claim order of :meth:`coqat.sweep.store.Store.claim` (longest first;
@@ -107,6 +109,8 @@ class Estimator:
     # ---------------------------------------------------------------- measurement
     def measure(self, store: Any) -> dict[tuple[str, str | None], float]:
         """Re-measure device efficiencies from the store's finished runs (see module doc)."""
+        from coqat.train.phases import plan_phases
+
         rows = store.db.execute(
             "SELECT key, size, device, config, D_total, trunk, branch_step, wall, result "
             "FROM runs WHERE status='done' AND wall > 0 AND device IS NOT NULL"
@@ -116,10 +120,14 @@ class Estimator:
                 continue
             try:
                 res = json.loads(r["result"] or "{}")
+                if not res.get("slots_per_device"):
+                    continue  # how many workers shared its device is unknown: not a measurement
                 cfg = self._config(r)
-                tokens = own_tokens(r, branched=bool(res.get("branched_from")))
+                tokens = cfg.tokens_per_step * plan_phases(cfg).steps
+                if res.get("branched_from"):  # its wall time counts its own part only
+                    tokens -= cfg.tokens_per_step * plan_phases(cfg).branch_step
                 eff = tokens / r["wall"] / self.alone_tokens_per_s(cfg)
-                eff *= float(res.get("slots_per_device") or 1)
+                eff *= float(res["slots_per_device"])
             except Exception:  # noqa: BLE001 - a row of another schema: not a measurement
                 continue
             if math.isfinite(eff) and eff > 0:
