@@ -6,8 +6,7 @@ import json
 import shutil
 
 import pytest
-
-from tests.conftest import tiny_run_config
+from helpers import tiny_run_config
 
 
 @pytest.mark.parametrize(
@@ -143,6 +142,7 @@ def test_cli_train_and_bad_flags(tiny_data, tmp_path, capsys):
     assert "qat.bits" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_quickstart_smoke(tmp_path):
     """The README's main job, shortened: prepare the sample, train PTQ / QAT / from-scratch."""
     from coqat.train.quickstart import quickstart
