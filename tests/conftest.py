@@ -1,8 +1,20 @@
-"""Shared fixtures: a small prepared dataset from the embedded sample (built once per session)."""
+"""Shared fixtures: a small prepared dataset from the embedded sample (built once per session).
+
+Plain helper functions live in ``tests/helpers.py``; test modules import them as ``helpers``
+(pytest puts this folder on ``sys.path``, so ``pytest`` and ``python -m pytest`` both collect).
+"""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# one BLAS/OpenMP thread per process: the tests train tiny models, where threads only add
+# overhead, and on a busy 2-core machine torch's default threads oversubscribe it (a CPU trunk
+# test took 32 s with 2 threads at load 10, 2.7 s with 1). Subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -14,22 +26,3 @@ def tiny_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "tiny"
     prepare([sample_path()], out, vocab_size=512, val_fraction=0.05, max_docs=200)
     return out
-
-
-def tiny_run_config(data_path, **over):
-    """A RunConfig small enough to train a few dozen CPU steps in about a second."""
-    from coqat.config import apply_overrides, from_dict
-    from coqat.train.config import RunConfig
-
-    base = {
-        "size": "tiny",
-        "model": {"vocab_size": 512, "seq_len": 32, "d_model": 32, "n_layers": 2, "n_heads": 2},
-        "data": {"path": str(data_path), "val_tokens": 2048},
-        "optim": {"lr": 3e-3, "batch_size": 8},
-        "tokens": 8 * 32 * 40,
-        "device": "cpu",
-        "compile": "off",
-        "qat": {"bits": 4, "fraction": 0.25},
-    }
-    base.pop("size")  # explicit shape above
-    return from_dict(RunConfig, apply_overrides(base, [f"{k}={v}" for k, v in over.items()]))

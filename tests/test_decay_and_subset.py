@@ -5,7 +5,7 @@ fraction."""
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 
 from coqat.errors import DataError
 from coqat.train.phases import lr_multiplier, plan_phases

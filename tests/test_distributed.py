@@ -8,8 +8,7 @@ import subprocess
 import sys
 
 import pytest
-
-from tests.conftest import tiny_run_config
+from helpers import tiny_run_config
 
 
 def _flags(data, out):

@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 
-from coqat.law.base import load_law
 from coqat.law.closed_form import (
     PAPER_A,
     FractionClosedForm,
@@ -17,6 +16,7 @@ from coqat.law.closed_form import (
     TokensPerBitClosedForm,
 )
 from coqat.law.handover import HandoverRule
+from coqat.law.registry import load_law
 
 
 def test_tokens_per_bit_is_flat_in_N_and_the_sized_form_at_g_1():

@@ -64,7 +64,7 @@ def test_runs_csv_parquet(tmp_path):
         ({"D_fp": -1}, "D_fp"),
         ({"D_qat": -1}, "D_qat"),
         ({"D_fp": 0, "D_qat": 0}, "D_fp"),
-        ({"bits": 7}, "bits"),
+        ({"bits": 9}, "bits"),
         ({"bits": 16}, "D_qat"),  # an FP baseline cannot have QAT tokens
     ],
 )
@@ -221,7 +221,7 @@ def test_predict_bad_inputs():
     with pytest.raises(ConfigError, match="D_fp"):
         law.predict(1e7, -1, 1e8, 4)
     with pytest.raises(ConfigError, match="bits"):
-        law.predict(1e7, 1e9, 0, 7)
+        law.predict(1e7, 1e9, 0, 9)
     with pytest.raises(ConfigError, match="law"):
         QATLaw().predict(1e7, 1e9, 0, 4)
     pb = PerBitChinchilla({"E@4": 1.0, "A@4": 10.0, "alpha@4": 0.3, "B@4": 10.0, "beta@4": 0.3})

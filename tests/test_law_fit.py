@@ -80,6 +80,7 @@ def test_non_converged_fit_is_not_saved_as_default(runs, tmp_path):
     assert not (tmp_path / "default.json").exists()
 
 
+@pytest.mark.slow
 def test_rivals_fit_and_compare(runs):
     small = runs.filter(np.isin(runs.bits, [2, 4, 16]))
     for cls in (PerBitChinchilla, ChenQATLaw, KumarPrecisionLaw):
@@ -112,11 +113,13 @@ def test_closed_form_fit_runs(runs):
     assert c.provenance["n_pairs"] > 10
 
 
+@pytest.mark.slow
 def test_bootstrap_coverage_of_predictions():
     """90% percentile-bootstrap CIs for predictions cover the truth at ~the nominal rate.
 
-    Small law (one-group Chinchilla, 5 params) on 40 FP runs with 0.5% noise; 30 replications
-    x 3 query points (one interior, two extrapolated 2-3x in N or D); 40 resamples each."""
+    Small law (one-group Chinchilla, 5 params) on 40 FP runs with 0.5% noise; 12 replications
+    x 3 query points (one interior, two extrapolated 2-3x in N or D); 40 resamples each. With 36
+    intervals a coverage of 0.9 reads >= 0.75 unless 3 standard deviations off."""
     true = PerBitChinchilla(
         {"E@16": 1.8, "A@16": 150.0, "alpha@16": 0.3, "B@16": 150.0, "beta@16": 0.3}
     )
@@ -124,7 +127,7 @@ def test_bootstrap_coverage_of_predictions():
     D = np.tile(np.geomspace(5e7, 5e9, 8), 5)
     Q = [(6e6, 5e8), (8e7, 5e9), (3e7, 1.5e10)]
     hits, total = 0, 0
-    for rep in range(24):
+    for rep in range(12):
         rng = np.random.default_rng(100 + rep)
         y = true.predict(N, D, 0, 16) * np.exp(0.005 * rng.standard_normal(len(N)))
         runs = Runs(

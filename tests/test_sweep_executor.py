@@ -7,8 +7,7 @@ import os
 import sys
 
 import pytest
-
-from tests.test_store import make_store, runs_of
+from helpers import make_store, runs_of
 
 
 def test_slurm_without_submitit_says_how_to_install(tmp_path, monkeypatch):

@@ -149,19 +149,21 @@ def test_exact_flops_saved_small_tree():
     assert lone.flops_saved == 0 and not lone.trunks
 
 
-def test_trunk_grouping_consistent_with_train_run():
-    """Runs the sweep puts on one trunk also share coqat.train.run.trunk_key."""
+def test_runs_on_one_trunk_train_the_same_fp_trunk():
+    """Runs that coqat.sweep.keys.trunk_key (the one trunk key) puts on one trunk train the same
+    FP trunk in the engine (coqat.train.run.trunk_config), and runs on different trunks do not."""
     pytest.importorskip("torch")
+    from coqat.config import to_dict
     from coqat.sweep.keys import trunk_key
-    from coqat.train.run import trunk_key as run_trunk_key
+    from coqat.train.run import trunk_config
 
     s = spec(sizes=["tiny", "2m"], bits=[2, 4, 16], fractions=[0, 0.3, 1],
              schedules=["fused", "standard"], seeds=[0, 1])
     runs = expand(s)
     for a in runs:
         for b in runs:
-            if trunk_key(a, "v", "") == trunk_key(b, "v", ""):
-                assert run_trunk_key(a) == run_trunk_key(b)
+            same_key = trunk_key(a, "v", "") == trunk_key(b, "v", "")
+            assert same_key == (to_dict(trunk_config(a)) == to_dict(trunk_config(b))), (a, b)
 
 
 def test_time_estimate_uses_table():

@@ -6,13 +6,13 @@ import json
 import math
 
 import pytest
+from helpers import tiny_run_config
 
 from coqat.errors import ConfigError
 from coqat.model import ladder, param_counts
 from coqat.model.llama import Llama
 from coqat.train.config import RunConfig
 from coqat.train.phases import lr_multiplier, plan_phases
-from tests.conftest import tiny_run_config
 
 
 def test_param_counts_match_the_module():

@@ -884,8 +884,9 @@ def run_grid_cell(
     """Train the cell's FP trunk (once per trunk key, under a lock) and branch every run; for a
     part of a split cell (``split_cell``), part 0 trains the trunk and runs its share, the other
     parts wait for the trunk checkpoints of their runs (written atomically by part 0)."""
+    from coqat.sweep.keys import trunk_key
     from coqat.train.phases import plan_phases
-    from coqat.train.run import execute, train_trunk, trunk_key
+    from coqat.train.run import execute, train_trunk
 
     if not cfgs:
         return

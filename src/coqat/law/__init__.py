@@ -3,7 +3,7 @@
 Pure numpy (scipy.optimize is imported lazily inside the fitting functions); never imports torch.
 """
 
-from coqat.law.base import LAWS, Law, features, load_law
+from coqat.law.base import Law, features
 from coqat.law.closed_form import (
     PAPER_A,
     PAPER_SOURCE,
@@ -12,17 +12,10 @@ from coqat.law.closed_form import (
     TokensPerBitClosedForm,
 )
 from coqat.law.laws import ChenQATLaw, KumarPrecisionLaw, PerBitChinchilla, QATLaw
+from coqat.law.registry import FRACTION_RULES, LAWS, LOSS_LAWS, law_class, load_law
 from coqat.law.runs import ALLOWED_BITS, REQUIRED, Runs
 
-LAW_CHOICES = {
-    "qat": QATLaw,
-    "closed-form": FractionClosedForm,
-    "closed-form-sized": SizedFractionClosedForm,
-    "closed-form-tpb": TokensPerBitClosedForm,
-    "per-bit-chinchilla": PerBitChinchilla,
-    "chen": ChenQATLaw,
-    "kumar": KumarPrecisionLaw,
-}
+LAW_CHOICES = LAWS  # the same registry under its older name
 
 
 def fit_law(law, runs, **settings):
@@ -51,7 +44,9 @@ def compare(runs, law_classes, rule="largest-N", **settings):
 
 __all__ = [
     "ALLOWED_BITS",
+    "FRACTION_RULES",
     "LAWS",
+    "LOSS_LAWS",
     "LAW_CHOICES",
     "PAPER_A",
     "PAPER_SOURCE",
@@ -70,5 +65,6 @@ __all__ = [
     "features",
     "fit_law",
     "holdout",
+    "law_class",
     "load_law",
 ]

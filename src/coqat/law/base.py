@@ -11,7 +11,6 @@ and the analytic gradient of ``log L`` used by the fitter.
 from __future__ import annotations
 
 import copy
-import datetime as _dt
 import json
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,59 +18,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from coqat.errors import ConfigError
-from coqat.law.runs import Runs, check_bits
+from coqat.law.features import LN2, S_SHIFT, features, runs_features
+from coqat.law.record import FORMAT, jsonable, make_provenance
+from coqat.law.runs import Runs
 
-LN2 = float(np.log(2.0))
-FORMAT = "coqat-law/1"
-
-#: tokens-per-parameter-byte pseudo-count added to S_fp and S_qat inside the QAT terms
-S_SHIFT = 1.0
-
-
-def features(N: Any, D_fp: Any, D_qat: Any, bits: Any, check: bool = True) -> dict[str, Any]:
-    """Broadcast inputs to 1-D arrays and compute the features every law uses."""
-    N, D_fp, D_qat, bits = np.broadcast_arrays(
-        np.asarray(N, float),
-        np.asarray(D_fp, float),
-        np.asarray(D_qat, float),
-        np.asarray(bits, float),
-    )
-    shape = N.shape
-    N, D_fp, D_qat, bits = (a.ravel() for a in (N, D_fp, D_qat, bits))
-    if check:
-        if not np.all(np.isfinite(N)) or np.any(N <= 0):
-            raise ConfigError("N", "parameter count must be a finite number > 0")
-        for nm, a in (("D_fp", D_fp), ("D_qat", D_qat)):
-            if not np.all(np.isfinite(a)) or np.any(a < 0):
-                raise ConfigError(nm, "token count must be a finite number >= 0")
-        if np.any(D_fp + D_qat <= 0):
-            raise ConfigError("D", "total tokens D_fp + D_qat must be > 0")
-        check_bits(bits)
-    D = D_fp + D_qat
-    quant = bits < 16
-    byt = N * np.where(quant, bits, 16.0) / 8.0
-    return {
-        "shape": shape,
-        "n": N.size,
-        "N": N,
-        "D": D,
-        "D_fp": D_fp,
-        "D_qat": D_qat,
-        "bits": bits,
-        "lnN": np.log(N),
-        "lnD": np.log(D),
-        "Bln2": bits * LN2,
-        "lnSf": np.log1p(D_fp / byt),
-        "lnSq": np.log1p(D_qat / byt),
-        "quant": quant,
-        "ptq": quant & (D_qat <= 0),
-        "qat": quant & (D_qat > 0),
-    }
-
-
-def runs_features(runs: Runs) -> dict[str, Any]:
-    return features(runs.N, runs.D_fp, runs.D_qat, runs.bits, check=False)
-
+# re-exported: the features, the file format and provenance live in their own modules, below
+# this one (coqat.law.fit and coqat.law.bootstrap use them without importing the Law class)
+__all__ = ["FORMAT", "LN2", "S_SHIFT", "Law", "features", "jsonable", "make_provenance",
+           "runs_features"]
 
 class Law:
     """Base class. Subclasses set ``name``, ``_spec`` = [(param, is_log, lo, hi, init_lo, init_hi)]
@@ -280,19 +234,19 @@ class Law:
                 "param_ci": self.param_cis(level),
                 "samples": [list(self._from_x(x).values()) for x in self.bootstrap_],
             }
-        return _jsonable(d)
+        return jsonable(d)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Law:
+        """A law of this class from its JSON (``coqat.law.load_law`` picks the class by name)."""
+        if cls is Law:
+            raise TypeError("Law.from_json: call it on a law class, or use coqat.law.load_law")
         if isinstance(d, str | Path):
             d = json.loads(Path(d).read_text())
         name = d.get("law")
-        target = LAWS.get(name) if cls is Law else cls
-        if target is None:
-            raise ConfigError("law", f"unknown law {name!r}; known: {sorted(LAWS)}")
-        if target.name != name:
-            raise ConfigError("law", f"JSON holds a {name!r} law, not {target.name!r}")
-        law = target()
+        if cls.name != name:
+            raise ConfigError("law", f"JSON holds a {name!r} law, not {cls.name!r}")
+        law = cls()
         law._load_extra(d.get("extra") or {})
         if d.get("params"):
             law.set_params(d["params"])
@@ -328,65 +282,3 @@ class Law:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(params={self.params_})"
-
-
-def make_provenance(law: Law, runs: Runs, settings: dict[str, Any]) -> dict[str, Any]:
-    from coqat import __version__
-
-    return {
-        "data_hash": runs.data_hash(),
-        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "coqat_version": __version__,
-        "fit_settings": _jsonable(settings),
-        "n_runs": len(runs),
-        "fit_range": runs.ranges(),
-    }
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, list | tuple):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _jsonable(o.tolist())
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, float) and not np.isfinite(o):
-        return None
-    return o
-
-
-LAWS: dict[str, type[Law]] = {}
-
-
-def register(cls: type[Law]) -> type[Law]:
-    LAWS[cls.name] = cls
-    return cls
-
-
-def load_law(path_or_dict: Any) -> Any:
-    """Load any law (loss law or the closed-form fraction rule) from a JSON file or dict."""
-    d = path_or_dict
-    if isinstance(d, str | Path):
-        p = Path(d)
-        if not p.is_file():
-            raise ConfigError("law", f"file not found: {p}")
-        try:
-            d = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError("law", f"{p}: invalid JSON: {e}") from None
-    if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise ConfigError("law", f"not a coqat law file (expected format {FORMAT!r})")
-    import coqat.law.laws  # noqa: F401  (registers the loss laws)
-    from coqat.law.closed_form import (
-        FractionClosedForm,
-        SizedFractionClosedForm,
-        TokensPerBitClosedForm,
-    )
-    from coqat.law.handover import HandoverRule
-
-    for cls in (FractionClosedForm, SizedFractionClosedForm, TokensPerBitClosedForm, HandoverRule):
-        if d.get("law") == cls.name:
-            return cls.from_json(d)
-    return Law.from_json(d)

@@ -9,13 +9,17 @@ point estimate. Percentile intervals follow (``law.param_cis``, ``law.ci(fn)``).
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from coqat.errors import ConfigError
-from coqat.law.base import Law, runs_features
+from coqat.law.features import runs_features
 from coqat.law.fit import HUBER_DELTA, FitContext
 from coqat.law.runs import Runs
+
+if TYPE_CHECKING:  # the Law class imports this module lazily: no import at run time
+    from coqat.law.base import Law
 
 
 def cluster_weights(

@@ -101,7 +101,7 @@ class FractionClosedForm:
         Where the table has ``schedule``, ``seed`` or ``variant`` columns (a store export does),
         they split the groups too: one curve never mixes schedules, seeds or knob settings."""
         from coqat import __version__
-        from coqat.law.base import make_provenance
+        from coqat.law.record import make_provenance
 
         Ss, Ns, fs = fstar_pairs(runs, min_fractions)
         self._fit_pairs(Ss, Ns, fs, loss)
@@ -153,7 +153,7 @@ class FractionClosedForm:
         return [float(np.quantile(fs, q)), float(np.quantile(fs, 1 - q))]
 
     def to_json(self) -> dict[str, Any]:
-        from coqat.law.base import FORMAT
+        from coqat.law.record import FORMAT
 
         return {
             "format": FORMAT,

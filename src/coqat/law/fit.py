@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from coqat.errors import ConfigError
-from coqat.law.base import Law, make_provenance, runs_features
+from coqat.law.features import runs_features
+from coqat.law.record import make_provenance
 from coqat.law.runs import Runs
+
+if TYPE_CHECKING:  # the Law class imports this module lazily: no import at run time
+    from coqat.law.base import Law
 
 HUBER_DELTA = 1e-3
 
@@ -105,6 +109,7 @@ class FitContext:
     gtol_check: float
     rng: np.random.Generator
     starts: list[Start] = field(default_factory=list)
+    n_stage: int = 4  # starts of the staged (quantization parameters first) search
 
     def minimize(
         self,
@@ -150,76 +155,6 @@ class FitContext:
         ok = bool(res.success) or pg <= self.gtol_check * scale
         return Start(label, x, float(v), ok, pg, int(res.nit), str(res.message))
 
-    def chinchilla(self, rows: np.ndarray | None = None, n_best: int = 3) -> np.ndarray:
-        """Best Chinchilla (E, A, alpha, B, beta) internal vector on ``rows`` (grid + L-BFGS-B)."""
-        from coqat.law.laws import PerBitChinchilla
-
-        sub = PerBitChinchilla(groups=[16.0])
-        if rows is None:
-            rows = np.ones(self.F["n"], bool)
-        Fs = subset_features(self.F, rows)
-        Fs = {**Fs, "bits": np.full(Fs["n"], 16.0)}
-        ctx = FitContext(
-            sub,
-            Fs,
-            self.logy[rows],
-            self.w[rows],
-            self.delta,
-            self.maxiter,
-            self.gtol_check,
-            self.rng,
-        )
-        grid = [
-            (e, a, al, b, be)
-            for e in (-0.5, 0.5, 1.0)
-            for a in (2.0, 6.0, 10.0)
-            for al in (0.2, 0.4, 0.8)
-            for b in (2.0, 6.0, 10.0)
-            for be in (0.2, 0.4, 0.8)
-        ]
-        vals = [
-            huber_objective(sub, np.array(g), Fs, ctx.logy, ctx.w, self.delta, grad=False)
-            for g in grid
-        ]
-        best = None
-        for i in np.argsort(vals)[:n_best]:
-            s = ctx.minimize(np.array(grid[i]), label="chinchilla")
-            if best is None or s.fun < best.fun:
-                best = s
-        return best.x
-
-
-def _default_stage_starts(ctx: FitContext, n_stage: int) -> list[Start]:
-    law, F = ctx.law, ctx.F
-    names = law.param_names
-    if names[:5] != ["E", "A", "alpha", "B", "beta"]:
-        return []
-    fp = ~F["quant"] & (ctx.w > 0)
-    enough_fp = (
-        fp.sum() >= 5 and len(np.unique(F["N"][fp])) >= 2 and len(np.unique(F["D"][fp])) >= 2
-    )
-    chin = ctx.chinchilla(fp if enough_fp else (ctx.w > 0))
-    lo, hi = law._x_init_box()
-    rest = np.arange(5, law.n_params)
-    q = F["quant"] & (ctx.w > 0)
-    cands = [np.concatenate([chin, (lo[5:] + hi[5:]) / 2])]
-    for _ in range(20 * n_stage):
-        cands.append(np.concatenate([chin, ctx.rng.uniform(lo[5:], hi[5:])]))
-    Fq = subset_features(F, q)
-    vals = [
-        huber_objective(law, c, Fq, ctx.logy[q], ctx.w[q], ctx.delta, grad=False) for c in cands
-    ]
-    order = [0] + [int(i) for i in np.argsort(vals) if i != 0][: n_stage - 1]
-    stage = []
-    for i in order:
-        s = ctx.minimize(cands[i], free=rest, rows=q, label="stage:quant")
-        stage.append(s)
-    stage.sort(key=lambda s: s.fun)
-    out = []
-    for s in stage[:2]:
-        out.append(ctx.minimize(s.x, label="stage:joint"))
-    return out
-
 
 def fit_law(
     law: Law,
@@ -255,15 +190,12 @@ def fit_law(
     logy = np.log(used.loss)
     w = np.ones(len(used))
     rng = np.random.default_rng(seed)
-    ctx = FitContext(law, F, logy, w, delta, maxiter, gtol_check, rng)
+    ctx = FitContext(law, F, logy, w, delta, maxiter, gtol_check, rng, n_stage=n_stage)
     starts: list[Start] = []
     if x0 is not None:
         starts.append(ctx.minimize(np.asarray(x0, float), label="given"))
-    hook = law._stage_starts(ctx)
-    if hook:
-        starts += [ctx.minimize(x, label="stage:joint") for x in hook]
-    else:
-        starts += _default_stage_starts(ctx, n_stage)
+    for x in law._stage_starts(ctx):  # a law's own starts: points, or fits already made
+        starts.append(x if isinstance(x, Start) else ctx.minimize(x, label="stage:joint"))
     lo, hi = law._x_init_box()
     if n_restarts > 0:
         cands = rng.uniform(lo, hi, size=(20 * n_restarts, law.n_params))

@@ -25,6 +25,7 @@ from coqat.errors import ConfigError
 class HandoverRule:
     name = "handover"
     depends_on_fraction = True
+    nested = True  # its JSON holds other rules: coqat.law.load_law passes itself to from_json
 
     def __init__(
         self,
@@ -96,7 +97,7 @@ class HandoverRule:
 
     # ---- persistence -------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        from coqat.law.base import FORMAT
+        from coqat.law.record import FORMAT
 
         return {
             "format": FORMAT,
@@ -111,9 +112,11 @@ class HandoverRule:
         }
 
     @classmethod
-    def from_json(cls, d: Any) -> HandoverRule:
-        from coqat.law.base import load_law
-
+    def from_json(cls, d: Any, load: Any = None) -> HandoverRule:
+        """The rule from its JSON; ``load`` reads the nested rules (``coqat.law.load_law``,
+        which passes itself)."""
+        if load is None:
+            raise ConfigError("law", "load a handover rule with coqat.law.load_law")
         if isinstance(d, str | Path):
             d = json.loads(Path(d).read_text())
         if d.get("law") != cls.name:
@@ -121,8 +124,8 @@ class HandoverRule:
         for k in ("inner", "outer", "N_lo", "N_hi"):
             if k not in d:
                 raise ConfigError(f"law.{k}", "missing in a handover rule's JSON")
-        rule = cls(load_law(d["inner"]), load_law(d["outer"]), float(d["N_lo"]),
-                   float(d["N_hi"]), d.get("evidence"))
+        rule = cls(load(d["inner"]), load(d["outer"]), float(d["N_lo"]), float(d["N_hi"]),
+                   d.get("evidence"))
         rule.provenance = dict(d.get("provenance") or rule.provenance)
         return rule
 

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from coqat.errors import ConfigError
-from coqat.law.base import Law, register
+from coqat.law.base import Law
+from coqat.law.fit import FitContext, Start, huber_objective, subset_features
 
 _NEG = -np.inf
 
@@ -33,8 +34,68 @@ def _chin_dterms(F: dict[str, Any]) -> list[tuple[int, Any]]:
     return [(0, 1.0), (1, 1.0), (1, -F["lnN"]), (2, 1.0), (2, -F["lnD"])]
 
 
-@register
-class QATLaw(Law):
+def chinchilla_start(
+    ctx: FitContext, rows: np.ndarray | None = None, n_best: int = 3
+) -> np.ndarray:
+    """Best Chinchilla (E, A, alpha, B, beta) internal vector on ``rows`` (grid + L-BFGS-B)."""
+    sub = PerBitChinchilla(groups=[16.0])
+    if rows is None:
+        rows = np.ones(ctx.F["n"], bool)
+    Fs = subset_features(ctx.F, rows)
+    Fs = {**Fs, "bits": np.full(Fs["n"], 16.0)}
+    sctx = FitContext(
+        sub, Fs, ctx.logy[rows], ctx.w[rows], ctx.delta, ctx.maxiter, ctx.gtol_check, ctx.rng
+    )
+    grid = [
+        (e, a, al, b, be)
+        for e in (-0.5, 0.5, 1.0)
+        for a in (2.0, 6.0, 10.0)
+        for al in (0.2, 0.4, 0.8)
+        for b in (2.0, 6.0, 10.0)
+        for be in (0.2, 0.4, 0.8)
+    ]
+    vals = [
+        huber_objective(sub, np.array(g), Fs, sctx.logy, sctx.w, ctx.delta, grad=False)
+        for g in grid
+    ]
+    best = None
+    for i in np.argsort(vals)[:n_best]:
+        s = sctx.minimize(np.array(grid[i]), label="chinchilla")
+        if best is None or s.fun < best.fun:
+            best = s
+    return best.x
+
+
+class ChinchillaFirstLaw(Law):
+    """A law whose first five parameters are Chinchilla's (E, A, alpha, B, beta). Fitted in
+    stages: Chinchilla on the FP runs, then the quantization parameters on the quantized runs,
+    then everything jointly from the best two."""
+
+    def _stage_starts(self, ctx: FitContext) -> list[Start]:
+        F, n_stage = ctx.F, ctx.n_stage
+        fp = ~F["quant"] & (ctx.w > 0)
+        enough_fp = (
+            fp.sum() >= 5 and len(np.unique(F["N"][fp])) >= 2 and len(np.unique(F["D"][fp])) >= 2
+        )
+        chin = chinchilla_start(ctx, fp if enough_fp else (ctx.w > 0))
+        lo, hi = self._x_init_box()
+        rest = np.arange(5, self.n_params)
+        q = F["quant"] & (ctx.w > 0)
+        cands = [np.concatenate([chin, (lo[5:] + hi[5:]) / 2])]
+        for _ in range(20 * n_stage):
+            cands.append(np.concatenate([chin, ctx.rng.uniform(lo[5:], hi[5:])]))
+        Fq = subset_features(F, q)
+        vals = [
+            huber_objective(self, c, Fq, ctx.logy[q], ctx.w[q], ctx.delta, grad=False)
+            for c in cands
+        ]
+        order = [0] + [int(i) for i in np.argsort(vals) if i != 0][: n_stage - 1]
+        stage = [ctx.minimize(cands[i], free=rest, rows=q, label="stage:quant") for i in order]
+        stage.sort(key=lambda s: s.fun)
+        return [ctx.minimize(s.x, label="stage:joint") for s in stage[:2]]
+
+
+class QATLaw(ChinchillaFirstLaw):
     r"""Dremov et al. (2025) QAT loss law.
 
     ``L = E + A/N^alpha + B/D^beta + delta`` with ``N`` = total parameters, ``D = D_fp + D_qat`` and
@@ -100,7 +161,6 @@ class QATLaw(Law):
         ]
 
 
-@register
 class PerBitChinchilla(Law):
     """Separate Chinchilla law ``E_b + A_b/N^alpha_b + B_b/D^beta_b`` per bit width (D = D_total).
 
@@ -158,7 +218,7 @@ class PerBitChinchilla(Law):
         x = np.zeros(self.n_params)
         for i, b in enumerate(self.groups):
             rows = np.isclose(ctx.F["bits"], b)
-            x[5 * i : 5 * i + 5] = ctx.chinchilla(rows)
+            x[5 * i : 5 * i + 5] = chinchilla_start(ctx, rows)
         return [x]
 
     def _extra(self):
@@ -169,8 +229,7 @@ class PerBitChinchilla(Law):
             self._set_groups(extra["groups"])
 
 
-@register
-class ChenQATLaw(Law):
+class ChenQATLaw(ChinchillaFirstLaw):
     """Chen et al. (2025, arXiv 2505.14302) QAT law adapted to bit widths.
 
     ``L = E + A/N^alpha + B/D^beta + k 2^(-c B) D^gD / N^gN`` for quantized runs (0 for FP), with
@@ -196,8 +255,7 @@ class ChenQATLaw(Law):
         return _chin_dterms(F) + [(3, 1.0), (3, -F["Bln2"]), (3, F["lnD"]), (3, -F["lnN"])]
 
 
-@register
-class KumarPrecisionLaw(Law):
+class KumarPrecisionLaw(ChinchillaFirstLaw):
     """Kumar et al. (2024, arXiv 2411.04330) precision law, weight-only.
 
     QAT-trained weights (``D_qat > 0``): ``L = E + A/N_eff^alpha + B/D^beta`` with
@@ -243,5 +301,3 @@ class KumarPrecisionLaw(Law):
 def _fmt(b: float) -> str:
     return f"{b:g}"
 
-
-LOSS_LAWS = {c.name: c for c in (QATLaw, PerBitChinchilla, ChenQATLaw, KumarPrecisionLaw)}

@@ -1,7 +1,8 @@
 """The runs table: one row per training run, stored as a small column store of numpy arrays.
 
 Required columns: ``N`` (total parameters), ``D_fp`` (FP tokens), ``D_qat`` (QAT tokens), ``bits``
-(1, 1.58, 2, 3, 4, 5, 6, 8; 16 or 32 for a full-precision baseline with ``D_qat = 0``) and
+(a width of :data:`coqat.bits.ALLOWED_BITS`; 16 or 32 for a full-precision baseline with
+``D_qat = 0``) and
 ``loss`` (final validation loss in nats). Optional: ``cluster`` (id of the shared FP trunk,
 bootstrap-resampled together; default: every run its own cluster) and ``heldout`` (bool).
 Other columns are kept but ignored by the laws.
@@ -20,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from coqat.bits import ALLOWED_BITS as QUANT_BITS
+from coqat.bits import FP_WIDTHS as FP_BITS
 from coqat.errors import ConfigError
 
 REQUIRED = ("N", "D_fp", "D_qat", "bits", "loss")
-QUANT_BITS = (1.0, 1.58, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
-FP_BITS = (16.0, 32.0)
-ALLOWED_BITS = QUANT_BITS + FP_BITS
+ALLOWED_BITS = QUANT_BITS + FP_BITS  # quantized widths (coqat.bits) and FP baselines
 
 
 def check_bits(bits: Any, field: str = "bits") -> np.ndarray:
@@ -266,7 +267,7 @@ class Runs:
         import operator
         import re
 
-        from coqat.plan.units import parse_number
+        from coqat.units import parse_number
 
         ops = {
             "==": np.isclose,

@@ -33,7 +33,7 @@ def default_law_path() -> Path:
 def default_law() -> Any:
     """The default law: the paper's closed form alone (``coqat.law.PAPER_SOURCE``), until a
     reference fit predicts the optimum, not just the loss (experiments/reference/README.md, 2.)."""
-    from coqat.law.base import load_law
+    from coqat.law.registry import load_law
 
     p = default_law_path()
     if not p.is_file():
@@ -54,7 +54,7 @@ def shipped_laws() -> list[str]:
 def load_law(path: str | Path) -> Any:
     """A law from a JSON path, or from the name of a shipped law (``reference-linux-c``:
     the reference experiment's small-scale QATLaw fit; ``default``: the default law)."""
-    from coqat.law.base import load_law as _load
+    from coqat.law.registry import load_law as _load
 
     p = Path(path)
     if not p.is_file() and (SHIPPED_DIR / f"{path}.json").is_file():

@@ -11,13 +11,10 @@ import argparse
 import sys
 from typing import Any
 
-LAW_NAMES = (
-    "qat", "closed-form", "closed-form-sized", "closed-form-tpb", "per-bit-chinchilla", "chen",
-    "kumar",
-)
-
 
 def add_parser(subparsers: Any) -> None:
+    from coqat.law.registry import LAWS
+
     p = subparsers.add_parser(
         "plan",
         help="optimal QAT fraction / bit width under memory / FP-equivalent size",
@@ -64,7 +61,7 @@ def add_parser(subparsers: Any) -> None:
     f.add_argument(
         "--law",
         default="qat",
-        choices=LAW_NAMES,
+        choices=list(LAWS),
         help="qat = the paper's law; closed-form = f_hat(S) fitted to measured optima; "
         "closed-form-sized = the same with a size term, f_hat(S (N/1e7)^g); closed-form-tpb = "
         "f_hat in tokens per bit, f_hat(D / (B 1.25e6)); the rest are rival "
@@ -140,7 +137,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         fp_equivalent,
         optimal_fraction,
     )
-    from coqat.plan.units import parse_bytes, parse_number
+    from coqat.units import parse_bytes, parse_number
 
     law = load_law(args.law) if args.law else default_law()
     level = args.ci
@@ -233,7 +230,7 @@ def _print_plan(out: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from coqat.plan.units import fmt_count
+    from coqat.units import fmt_count
 
     con = Console()
     h = out["law"]
@@ -382,7 +379,7 @@ def _fit_command(args: argparse.Namespace) -> str:
 def cmd_fit(args: argparse.Namespace) -> int:
     import json
 
-    from coqat.law import LAW_CHOICES, Runs
+    from coqat.law import FRACTION_RULES, LOSS_LAWS, Runs, law_class
     from coqat.plan import save_default
 
     runs = Runs.from_any(args.runs)
@@ -392,14 +389,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
             from coqat.errors import ConfigError
 
             raise ConfigError("where", f"{args.where!r} matches no run of {args.runs}")
-    cls = LAW_CHOICES[args.law]
+    cls = law_class(args.law)
     summary: dict[str, Any] = {
         "runs": args.runs,
         "n_runs": len(runs),
         "law": args.law,
         "where": args.where,
     }
-    if args.law in ("closed-form", "closed-form-sized", "closed-form-tpb"):
+    if args.law in FRACTION_RULES:
         law = cls().fit_runs(runs)
         summary["params"] = law.params_
         summary["fit"] = law.fit_report_
@@ -438,7 +435,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
         summary["compare"] = compare(
             runs,
-            [c for n, c in LAW_CHOICES.items() if not n.startswith("closed-form")],
+            list(LOSS_LAWS.values()),
             args.holdout or "largest-N",
             n_restarts=args.restarts,
             seed=args.seed,

@@ -26,9 +26,9 @@ DEFAULT_BITS = (1, 1.58, 2, 3, 4, 6, 8)
 
 def _is_closed_form(law: Any) -> bool:
     """A fraction-only rule (the paper's closed form, or the one with a size term)."""
-    return getattr(law, "name", "") in (
-        "closed-form", "closed-form-sized", "closed-form-tpb", "handover"
-    )
+    from coqat.law.registry import FRACTION_RULES
+
+    return getattr(law, "name", "") in FRACTION_RULES
 
 
 def _pos(v: Any, field: str) -> float:

@@ -6,8 +6,11 @@ eagerly; everything else needs torch and is imported lazily on first attribute a
 
 Modules: ``config`` (QuantConfig), ``quantizers`` (ParetoQ fake quantizers, RTN), ``qat``
 (prepare / convert / ptq / counting / checked state-dict loading), ``pack`` (int32 bit packing),
-``exporter`` (export / load_export). The implementation modules are not named ``prepare`` or
-``export``: a submodule of that name would shadow the package-level function on import.
+``exporter`` (export / load_export in the compressed-tensors, hf and coqat formats), ``hf``
+(Hugging Face Llama names and configs), ``int_grid`` (lossless ParetoQ -> standard int codes),
+``files`` (atomic 0644 writes, sha256 records). The implementation modules are not named
+``prepare`` or ``export``: a submodule of that name would shadow the package-level function
+on import.
 """
 
 from __future__ import annotations
@@ -47,7 +50,11 @@ _LAZY = {
     "pack_int32": "coqat.quant.pack",
     "unpack_int32": "coqat.quant.pack",
     "export": "coqat.quant.exporter",
+    "write_export": "coqat.quant.exporter",
     "load_export": "coqat.quant.exporter",
+    "reencode": "coqat.quant.int_grid",
+    "encoding": "coqat.quant.int_grid",
+    "hf_module": "coqat.quant.hf",
 }
 
 __all__ = [

@@ -14,43 +14,18 @@ Group-size divisibility depends on the layer and is checked by ``coqat.quant.pre
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
+# the bit widths are defined once, in coqat.bits; re-exported here for coqat.quant's users
+from coqat.bits import ALLOWED_BITS as ALLOWED_BITS
+from coqat.bits import allowed_str
+from coqat.bits import format_bits as format_bits
+from coqat.bits import parse_bits as parse_bits
 from coqat.config import check
 from coqat.errors import ConfigError
 
-ALLOWED_BITS: tuple[float, ...] = (1.0, 1.58, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
 Grid = Literal["sign", "seq", "lsq"]
-
-
-def _allowed_str() -> str:
-    return "[" + ", ".join(format_bits(b) for b in ALLOWED_BITS) + "]"
-
-
-def format_bits(bits: float) -> str:
-    """``4.0 -> "4"``, ``1.58 -> "1.58"``."""
-    return str(int(bits)) if float(bits).is_integer() else f"{bits:g}"
-
-
-def parse_bits(value: object, field: str = "quant.bits") -> float:
-    """Canonical float for an allowed bit width, else ConfigError naming ``field``."""
-    b: float | None = None
-    if isinstance(value, bool):
-        b = None
-    elif isinstance(value, int | float):
-        b = float(value)
-    elif isinstance(value, str):
-        try:
-            b = float(value.strip())
-        except ValueError:
-            b = None
-    if b is not None and math.isfinite(b):
-        for a in ALLOWED_BITS:
-            if abs(b - a) < 1e-9:
-                return a
-    raise ConfigError(field, f"{value!r} is not a supported bit width; allowed: {_allowed_str()}")
 
 
 def grid_for_bits(bits: float) -> Grid:
@@ -103,7 +78,7 @@ class QuantConfig:
                 raise ConfigError(
                     "quant.embed_bits",
                     f"{self.embed_bits!r} is not allowed; use 'auto' (= max(bits, 4)), 'fp' "
-                    f"(full precision) or a bit width in {_allowed_str()}",
+                    f"(full precision) or a bit width in {allowed_str()}",
                 ) from None
         object.__setattr__(self, "embed_bits", eb)
         check(

@@ -30,6 +30,18 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--no-share", action="store_true", help="plan every run trained alone")
     p.add_argument("--runs", action="store_true", help="also list every run")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    e = p.add_argument_group(
+        "estimate (what `coqat sweep run` would do in a time limit)",
+        "simulate the workers' claim order (longest first; a piece only when its estimate ends "
+        "within the time limit; trunks segment by segment) and list the runs that would not fit",
+    )
+    e.add_argument("--estimate", action="store_true", help="print the simulated schedule")
+    e.add_argument("--slots", type=int, default=1, help="concurrent workers (default 1)")
+    e.add_argument("--devices", type=int, default=1,
+                   help="devices the workers are spread over (default 1; slots share a device)")
+    _time_args(e, run=False)
+    e.add_argument("--store", default=None,
+                   help="a results store: measure the efficiency from its finished runs")
     p.set_defaults(func=_plan)
 
     pr = sub.add_parser(
@@ -87,6 +99,14 @@ def add_parser(subparsers: Any) -> None:
     r.add_argument("--worker-id", default=None, help="tag in the owner id of this driver's workers")
     r.add_argument("--no-progress", action="store_true", help="no live table / progress lines")
     _tps_arg(r)
+    t = r.add_argument_group(
+        "time limit",
+        "claim only work (a run's own part, a trunk segment) whose estimate ends before the "
+        "limit; leave the rest pending for the next call and say what was left and why. "
+        "Estimate: the tokens/s table x the efficiency measured from the store's finished runs "
+        "on the same device (else --efficiency), shared by the workers on one device.",
+    )
+    _time_args(t, run=True)
     g = r.add_argument_group("slurm (with --executor slurm)")
     g.add_argument("--partition", default=None, help="SLURM partition")
     g.add_argument("--time", type=int, default=240, help="minutes per array task (requeued)")
@@ -148,6 +168,46 @@ def add_parser(subparsers: Any) -> None:
     rep.set_defaults(func=_report)
 
 
+def _time_args(g: Any, run: bool) -> None:
+    g.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="seconds from the start of the command" if run else
+                   "seconds the workers have (default: no limit)")
+    if run:
+        g.add_argument("--deadline", default=None, metavar="TIME",
+                       help="an absolute deadline instead: seconds since the epoch or an ISO "
+                       "8601 time (e.g. 2026-12-01T18:00, local time unless it has a zone)")
+    g.add_argument("--efficiency", type=float, default=None,
+                   help="fraction of the table's tokens/s one device reaches over whole runs "
+                   "when the store has no finished run on it (default 0.7)")
+
+
+def _deadline(args: argparse.Namespace, t0: float) -> float | None:
+    """The absolute deadline of ``sweep run`` (seconds since the epoch), or None."""
+    import datetime as dt
+    import math
+
+    from coqat.errors import ConfigError
+
+    if args.time_limit is not None and args.deadline is not None:
+        raise ConfigError("--deadline", "give --time-limit or --deadline, not both")
+    if args.time_limit is not None:
+        if not (args.time_limit > 0 and math.isfinite(args.time_limit)):
+            raise ConfigError("--time-limit", f"must be seconds > 0, got {args.time_limit}")
+        return t0 + args.time_limit
+    if args.deadline is None:
+        return None
+    try:
+        return float(args.deadline)
+    except ValueError:
+        pass
+    try:
+        return dt.datetime.fromisoformat(args.deadline).timestamp()
+    except ValueError:
+        raise ConfigError(
+            "--deadline", f"{args.deadline!r} is not seconds since the epoch or an ISO 8601 time"
+        ) from None
+
+
 def _tps_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tokens-per-s", action="append", default=[], metavar="[SIZE=]TOKENS_PER_S",
@@ -157,21 +217,9 @@ def _tps_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _parse_tps(values: list[str]) -> Any:
-    from coqat.errors import ConfigError
+    from coqat.sweep.throughput import parse_tokens_per_s
 
-    if not values:
-        return None
-    table: dict[str, float] = {}
-    for v in values:
-        try:
-            if "=" in v:
-                k, x = v.split("=", 1)
-                table[k.strip()] = float(x)
-            else:
-                return float(v)
-        except ValueError:
-            raise ConfigError("--tokens-per-s", f"{v!r} is not a number or SIZE=NUMBER") from None
-    return table
+    return parse_tokens_per_s(values)
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -183,8 +231,19 @@ def _plan(args: argparse.Namespace) -> int:
     runs = expand(spec)
     plan = plan_sweep(runs, share=not args.no_share, tokens_per_s=_parse_tps(args.tokens_per_s),
                       version=code_version())
+    sched = _estimate(args, plan) if args.estimate else None
     if args.json:
-        print(json.dumps({"sweep": spec.name, **plan.summary()}, indent=2))
+        out = {"sweep": spec.name, **plan.summary()}
+        if sched is not None:
+            out["estimate"] = {
+                "workers": sched.workers,
+                "time_limit_s": sched.budget_s,
+                "wall_s": sched.wall_s,
+                "runs": sum(1 for p in sched.pieces if p.kind == "run"),
+                "left": [{"label": lbl, "reason": why} for lbl, why in
+                         ((_label(r), why) for r, why in sched.left)],
+            }
+        print(json.dumps(out, indent=2))
         return 0
     print(format_plan(plan, spec.name))
     if args.runs:
@@ -193,6 +252,10 @@ def _plan(args: argparse.Namespace) -> int:
             print(f"  {c.size or '-':>5} D={c.tokens:>12,} B={c.qat.bits:<4g} "
                   f"f={c.qat.fraction:<5g} {c.qat.schedule:<8} seed={c.seed} "
                   f"trunk={r.trunk or '-'} branch={r.branch_step}")
+    if sched is not None:
+        from coqat.sweep.estimate import format_schedule
+
+        print(format_schedule(sched))
     return 0
 
 
@@ -202,10 +265,52 @@ def _predict(args: argparse.Namespace) -> int:
     return main_predict(args)
 
 
+def _label(r: Any) -> str:
+    from coqat.sweep.estimate import _run_label
+
+    return _run_label(r.cfg)
+
+
+def _estimate(args: argparse.Namespace, plan: Any) -> Any:
+    from coqat.errors import ConfigError
+    from coqat.sweep.estimate import DEFAULT_EFFICIENCY, Estimator, simulate
+
+    if args.slots < 1:
+        raise ConfigError("--slots", f"must be >= 1, got {args.slots}")
+    if args.devices < 1:
+        raise ConfigError("--devices", f"must be >= 1, got {args.devices}")
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise ConfigError("--time-limit", f"must be seconds > 0, got {args.time_limit}")
+    gpu: list[str] = []  # the GPU whose finished runs in --store measure the efficiency
+
+    def device_of(cfg_device: str) -> str:
+        return "cpu" if cfg_device == "cpu" else (gpu[0] if gpu else "cpu")
+
+    est = Estimator(
+        slots_per_device=-(-args.slots // args.devices),
+        efficiency=args.efficiency or DEFAULT_EFFICIENCY,
+        table=_parse_tps(args.tokens_per_s),
+        device_of=device_of,
+    )
+    if args.store:
+        from collections import Counter
+
+        from coqat.sweep.store import Store
+
+        with Store(args.store, readonly=True) as st:
+            est.measure(st)
+            devs = Counter(r["device"] for r in st.rows(("done",)) if r["device"])
+        gpu.extend(d for d, _ in devs.most_common() if d not in ("cpu", "fake"))
+    return simulate(plan, est, workers=args.slots, budget_s=args.time_limit)
+
+
 def _run(args: argparse.Namespace) -> int:
+    import time
+
     from coqat.errors import ConfigError
     from coqat.sweep.executor import run_sweep
 
+    deadline = _deadline(args, time.time())
     slurm = None
     if args.executor == "slurm":
         slurm = {"timeout_min": args.time, "gpus_per_node": args.gpus,
@@ -229,13 +334,21 @@ def _run(args: argparse.Namespace) -> int:
         version=args.code_version, share=not args.no_share, retry_failed=args.retry_failed,
         keep_trunks=args.keep_trunks, lease_s=args.lease, max_attempts=args.max_attempts,
         tokens_per_s=_parse_tps(args.tokens_per_s), slurm=slurm, wait=not args.no_wait,
-        devices=args.devices,
+        devices=args.devices, deadline=deadline, efficiency=args.efficiency,
     )
     c = res["counts"]
     print(f"sweep {res['sweep']}: {res['registered']} new runs registered; "
           f"{c['done']} done, {c['diverged']} diverged, {c['failed']} failed, "
           f"{c['pending'] + c['running']} left"
           + (f"; SLURM jobs {', '.join(map(str, res['jobs']))}" if res.get("jobs") else ""))
+    left = res.get("left") or []
+    if left:
+        print(f"time limit: {len(left)} runs left pending (run the same command again to "
+              "continue them):")
+        for item in left[:20]:
+            print(f"  {item['label']}: {item['reason']}")
+        if len(left) > 20:
+            print(f"  ... and {len(left) - 20} more")
     return 1 if c["failed"] else 0
 
 
@@ -243,7 +356,7 @@ def _status(args: argparse.Namespace) -> int:
     from coqat.sweep.progress import log_line, snapshot
     from coqat.sweep.store import Store
 
-    with Store(args.store, create=False) as st:
+    with Store(args.store, readonly=True) as st:
         sweeps = st.sweeps()
         failed = st.rows(("failed",), sweep=args.sweep)
         trunks = st.trunks()
@@ -275,7 +388,7 @@ def _status(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from coqat.sweep.store import Store
 
-    with Store(args.store, create=False) as st:
+    with Store(args.store, readonly=True) as st:
         statuses = None if args.all else ("done",)
         n = len(st.to_records(statuses, args.sweep))
         p = st.export(args.out, args.format, statuses, args.sweep)

@@ -72,9 +72,16 @@ def run_sweep(
     slurm: dict[str, Any] | None = None,
     wait: bool = True,
     devices: str | list[str] | None = "auto",
+    deadline: float | None = None,
+    efficiency: float | None = None,
 ) -> dict[str, Any]:
     """Register the sweep's runs and execute them (see module doc). Returns the store's counts
-    for the sweep (and the SLURM job ids for ``executor="slurm"``)."""
+    for the sweep (and the SLURM job ids for ``executor="slurm"``).
+
+    ``deadline`` (seconds since the epoch): workers claim only work whose estimate ends before
+    it (see :mod:`coqat.sweep.estimate`; ``efficiency`` when the store has no measurement) and
+    stop when nothing else fits; ``result["left"]`` lists the runs left pending and why.
+    """
     from coqat.sweep.progress import Monitor
     from coqat.sweep.store import Store, new_owner
     from coqat.sweep.worker import engine_name, work
@@ -86,6 +93,8 @@ def run_sweep(
     if executor == "slurm" and devices not in (None, "auto", "none"):
         raise CoqatError("devices: only for the local executor (SLURM assigns GPUs per task)")
     gpus = parse_devices(devices) if executor == "local" and slots > 1 else None
+    if efficiency is not None and not (efficiency > 0 and efficiency < float("inf")):
+        raise CoqatError(f"efficiency: must be a number > 0, got {efficiency!r}")
     store_path, root_dir = Path(store_path).resolve(), Path(root_dir).resolve()
     if executor == "slurm":
         _require_submitit()
@@ -95,7 +104,8 @@ def run_sweep(
     sweep, version = info["sweep"], info["version"]
     wkw = dict(
         version=version, lease_s=lease_s, poll_s=poll_s, max_attempts=max_attempts,
-        share=share, keep_trunks=keep_trunks,
+        share=share, keep_trunks=keep_trunks, deadline=deadline, efficiency=efficiency,
+        slots_per_device=slots_per_device(executor, slots, gpus), tokens_per_s=tokens_per_s,
     )
     result: dict[str, Any] = {"sweep": sweep, "registered": info["new"], "known": info["known"]}
     monitor = (
@@ -136,7 +146,31 @@ def run_sweep(
                 monitor.stop()
     with Store(store_path, create=False) as st:
         result["counts"] = st.counts(sweep=sweep, version=version)
+        if deadline is not None and result["counts"]["pending"]:
+            from coqat.sweep.estimate import (
+                DEFAULT_EFFICIENCY,
+                Estimator,
+                device_label,
+                left_over,
+            )
+            from coqat.sweep.worker import load_engine
+
+            eng = load_engine(engine)
+            est = Estimator(slots_per_device=wkw["slots_per_device"],
+                            efficiency=efficiency or DEFAULT_EFFICIENCY, table=tokens_per_s,
+                            device_of=lambda d: device_label(eng, d))
+            est.measure(st)
+            result["left"] = left_over(st, est, version=version, sweep=sweep,
+                                       budget_s=deadline - time.time())
     return result
+
+
+def slots_per_device(executor: str, slots: int, gpus: list[str] | None) -> int:
+    """Workers that share one device: local slots spread round-robin over ``gpus`` (all on one
+    device without); a SLURM task has its own."""
+    if executor != "local":
+        return 1
+    return -(-slots // len(gpus)) if gpus else slots
 
 
 def _quiet(msg: str) -> None:
@@ -151,6 +185,18 @@ def worker_command(store_path: Path, root_dir: Path, engine: str, tag: str | Non
            "--poll", str(wkw["poll_s"]), "--max-attempts", str(wkw["max_attempts"])]
     if tag:
         cmd += ["--owner", tag]
+    if wkw.get("deadline") is not None:
+        cmd += ["--deadline", repr(float(wkw["deadline"]))]
+    if wkw.get("efficiency") is not None:
+        cmd += ["--efficiency", repr(float(wkw["efficiency"]))]
+    if wkw.get("slots_per_device", 1) != 1:
+        cmd += ["--slots-per-device", str(wkw["slots_per_device"])]
+    tps = wkw.get("tokens_per_s")
+    if isinstance(tps, dict):
+        for k, v in tps.items():
+            cmd += ["--tokens-per-s", f"{k}={v!r}"]
+    elif tps:
+        cmd += ["--tokens-per-s", repr(float(tps))]
     if not wkw["share"]:
         cmd.append("--no-share")
     if wkw["keep_trunks"]:

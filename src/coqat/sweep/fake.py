@@ -9,6 +9,12 @@ machinery (store, leases, trunks, kills, export, report) can be exercised in sec
 Environment knobs (read at every call, so worker subprocesses see them):
 
 * ``COQAT_FAKE_DELAY``: seconds per run (default 0.05); trunks take the same per branch step;
+* ``COQAT_FAKE_TOKENS_PER_S``: instead of the delay, train at this rate: a run takes the tokens
+  it trains itself (after its branch step when branched) / rate, a trunk segment its tokens /
+  rate (and records that wall time, so the sweep's time estimates can measure it);
+* ``COQAT_FAKE_CHECKPOINT_S``: save a checkpoint (``checkpoint.json`` in the run's or trunk's
+  folder) every that many seconds of training, and resume from it, as the real engine does with
+  ``checkpoint_every``;
 * ``COQAT_FAKE_LOG``: a file to which every event is appended as one line
   (``start KEY PID``, ``end KEY PID``, ``cached KEY PID``, ``trunk DIR STEP PID``,
   ``double KEY PID`` if a run is ever completed twice);
@@ -43,6 +49,36 @@ def _sleep(total: float) -> None:
     end = time.monotonic() + total
     while (left := end - time.monotonic()) > 0:
         time.sleep(min(left, 0.02))
+
+
+def device_name(cfg_device: str) -> str:
+    """The device label of the fake engine's records."""
+    return "fake"
+
+
+def _rate() -> float | None:
+    r = os.environ.get("COQAT_FAKE_TOKENS_PER_S")
+    return float(r) if r else None
+
+
+def _duration(tokens: int) -> float:
+    rate = _rate()
+    return tokens / rate if rate else float(os.environ.get("COQAT_FAKE_DELAY", "0.05"))
+
+
+def _train(seconds: float, ckpt: Path, done_s: float, key: str) -> None:
+    """Sleep ``seconds - done_s``, writing ``ckpt`` (``{"done_s": ...}``) every
+    ``COQAT_FAKE_CHECKPOINT_S`` seconds."""
+    from coqat.config import atomic_write_text
+
+    every = float(os.environ.get("COQAT_FAKE_CHECKPOINT_S", "0") or 0)
+    while done_s < seconds:
+        chunk = min(seconds - done_s, every) if every > 0 else seconds - done_s
+        _sleep(chunk)
+        done_s += chunk
+        if every > 0 and done_s < seconds:
+            atomic_write_text(ckpt, json.dumps({"done_s": done_s}))
+            _log("ckpt", key)
 
 
 def fake_loss(N: float, D_fp: float, D_qat: float, bits: float) -> float:
@@ -109,11 +145,20 @@ def execute(cfg, run_dir, *, resume: bool = True, start_from=None, progress: boo
         if got != want:
             raise RuntimeError(f"start_from is at step {got}, the run branches at {want}")
     _log("start", key)
-    _sleep(float(os.environ.get("COQAT_FAKE_DELAY", "0.05")))
+    from coqat.train.phases import plan_phases
+
+    own = cfg.tokens - (plan_phases(cfg).branch_step * cfg.tokens_per_step if start_from else 0)
+    seconds = _duration(own)
+    ckpt = run_dir / "checkpoint.json"
+    done_s = json.loads(ckpt.read_text())["done_s"] if resume and ckpt.exists() else 0.0
+    _train(seconds, ckpt, done_s, key)
     fail_seed = os.environ.get("COQAT_FAKE_FAIL_SEED")
     if fail_seed is not None and cfg.seed == int(fail_seed):
         raise RuntimeError(f"fake failure for seed {cfg.seed}")
     rec = record(cfg, "diverged" if cfg.optim.lr >= 1.0 else "done")
+    f = plan_phases(cfg).fraction
+    rec.update(wall_fp=seconds * (1 - f), wall_qat=seconds * f,
+               tokens_per_s=own / max(seconds, 1e-9))
     if start_from is not None:
         rec["branched_from"] = str(start_from)
     tmp = run_dir / f".result.{os.getpid()}.tmp"
@@ -124,22 +169,41 @@ def execute(cfg, run_dir, *, resume: bool = True, start_from=None, progress: boo
         _log("double", key)
     finally:
         tmp.unlink(missing_ok=True)
+    ckpt.unlink(missing_ok=True)
     _log("end", key)
     return rec
 
 
 def train_trunk(cfg, trunk_dir, branch_steps, *, progress: bool = False) -> dict[int, Path]:
+    """Sleep through the trunk to each branch step (resuming from the latest step file or the
+    periodic ``checkpoint.json`` before it) and write ``step_XXXXXXXX.json`` there."""
+    from coqat.config import atomic_write_text
+
     trunk_dir = Path(trunk_dir)
     trunk_dir.mkdir(parents=True, exist_ok=True)
     steps = sorted({int(s) for s in branch_steps if s > 0})
     paths = {s: trunk_dir / f"step_{s:08d}.json" for s in steps}
-    delay = float(os.environ.get("COQAT_FAKE_DELAY", "0.05"))
+    ckpt = trunk_dir / "checkpoint.json"
+    rate = _rate()
+    every = float(os.environ.get("COQAT_FAKE_CHECKPOINT_S", "0") or 0)
     for s in steps:
         if paths[s].exists():
             continue
-        _sleep(delay)
-        from coqat.config import atomic_write_text
-
+        have = [int(p.stem.split("_")[1]) for p in trunk_dir.glob("step_*.json")]
+        at = max((k for k in have if k < s), default=0)
+        if ckpt.exists():
+            k = json.loads(ckpt.read_text())["step"]
+            at = max(at, k) if k <= s else at
+        per_step = cfg.tokens_per_step / rate if rate else (
+            float(os.environ.get("COQAT_FAKE_DELAY", "0.05")) / max(s - at, 1))
+        _log("segment", f"{trunk_dir.name}@{at}-{s}")
+        while at < s:
+            n = s - at if every <= 0 else max(1, min(s - at, int(every / per_step)))
+            _sleep(n * per_step)
+            at += n
+            if at < s:
+                atomic_write_text(ckpt, json.dumps({"step": at}))
+                _log("ckpt", f"{trunk_dir.name}@{at}")
         atomic_write_text(paths[s], json.dumps({"step": s}))
         _log("trunk", f"{trunk_dir.name}@{s}")
     return paths

@@ -26,7 +26,7 @@ def snapshot(
     """
     from coqat.sweep.store import Store
 
-    with Store(store_path, create=False) as st:
+    with Store(store_path, readonly=True) as st:
         counts = st.counts(sweep=sweep, version=version)
         rows = st.rows(("pending", "running", "done"), sweep=sweep, version=version)
     done = [r for r in rows if r["status"] == "done" and (r["wall"] or 0) > 0]
@@ -72,7 +72,7 @@ def _default_rate(row: dict[str, Any], tokens_per_s: Any) -> float:
     if isinstance(tokens_per_s, int | float) and tokens_per_s:
         return float(tokens_per_s)
     from coqat.config import from_dict
-    from coqat.sweep.tree import tokens_per_s_for
+    from coqat.sweep.throughput import tokens_per_s as tokens_per_s_for
     from coqat.train.config import RunConfig
 
     cfg = from_dict(RunConfig, json.loads(row["config"]))

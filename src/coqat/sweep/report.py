@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-PAPER_A = 6.7297
+from coqat.law.closed_form import PAPER_A  # the paper constant, defined once
+
 NUMERIC = (
     "N", "D_fp", "D_qat", "bits", "loss", "loss_fp", "loss_ptq", "D_total", "f", "f_requested",
     "S_total", "S_fp", "S_qat", "model_bytes", "seed", "wall", "flops",
@@ -54,7 +55,7 @@ def load_records(store: str | Path | None = None, runs: str | Path | None = None
     if store is not None:
         from coqat.sweep.store import Store
 
-        with Store(store, create=False) as st:
+        with Store(store, readonly=True) as st:
             recs = st.to_records(("done",))
     else:
         p = Path(runs)
@@ -620,7 +621,7 @@ def build_report(
     if store:
         from coqat.sweep.store import Store
 
-        with Store(store, create=False) as st:
+        with Store(store, readonly=True) as st:
             c = st.counts()
         parts.append(_table(list(c), [list(c.values())]))
     parts.append(_table(["size", "bits", "schedule", "runs"],

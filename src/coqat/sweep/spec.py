@@ -127,11 +127,10 @@ def _run_config(d: dict[str, Any], where: str):
 
 
 def _check_bits(b: Any, field: str) -> None:
-    from coqat.train.config import ALLOWED_BITS, FP_BITS
+    from coqat.bits import allowed_str, is_allowed
 
-    ok = isinstance(b, int | float) and not isinstance(b, bool)
-    ok = ok and (b == FP_BITS or any(abs(b - a) < 1e-9 for a in ALLOWED_BITS))
-    check(ok, field, f"{b!r} is not supported; allowed: {list(ALLOWED_BITS)} or 16 (FP)")
+    ok = isinstance(b, int | float) and is_allowed(b, fp=True)
+    check(ok, field, f"{b!r} is not supported; allowed: {allowed_str(fp=True)}")
 
 
 def _as_list(v: Any) -> list:

@@ -13,13 +13,24 @@ Tables (``schema_version`` in ``meta``):
   are ready. ``sweep_runs``: which sweep(s) registered which runs.
 
 Claim protocol: :meth:`Store.claim` runs in one ``BEGIN IMMEDIATE`` transaction (a write lock
-taken up front, so two workers cannot both see a row as free). It first takes a trunk that has
-pending runs waiting for a branch checkpoint, else a run that is ready (no trunk, its branch
-checkpoint is ready, or its trunk failed -- then it trains alone, which gives the same result).
-A ``running`` row counts as free when its lease expired or its owner is a dead process on this
-host. Workers renew their lease with :meth:`heartbeat`. A ``done`` or ``diverged`` run is never
-handed out again; :meth:`complete` on it is a no-op. Every write is one transaction, so a kill -9
-at any point leaves a consistent database (SQLite's journal rolls back a torn transaction).
+taken up front, so two workers cannot both see a row as free). Ready work is a trunk that has
+pending runs waiting for a branch checkpoint, or a run that is ready (no trunk, its branch
+checkpoint is ready, or its trunk failed -- then it trains alone, which gives the same result);
+a run branches from its trunk's checkpoint as soon as that checkpoint is ready, while the trunk
+trains on. The longest piece goes first (a trunk with the runs waiting for it, a run by its own
+part), so concurrent workers start the long work at once; with a time budget, a piece that would
+not end in time stays pending. A ``running`` row counts as free when its lease expired or its
+owner is a dead process on this host. Workers renew their lease with :meth:`heartbeat`. Attempts
+count claims whose worker died without a new checkpoint in the run's or trunk's folder (a
+preempted worker that checkpointed does not use up attempts; SIGTERM gives the claim back
+uncounted). A ``done`` or ``diverged`` run is never handed out again; :meth:`complete` on it is a
+no-op. Every write is one transaction, so a kill -9 at any point leaves a consistent database
+(SQLite's journal rolls back a torn transaction).
+
+Opening: an empty (0-byte) file is an error, not an empty store; ``readonly=True`` never writes
+(status, export and report open stores so); any SQLite error (a damaged file) is a
+:class:`StoreError` that names the store. Columns added after schema version 1
+(:data:`ADDED_COLUMNS`) are added by the first writable open; older coqat versions ignore them.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +87,14 @@ RESULT_COLUMNS: dict[str, str] = {
     "commit": "TEXT",
 }
 REAL_COLUMNS = {k for k, t in RESULT_COLUMNS.items() if t == "REAL"}
+
+# columns added after schema version 1 was released: a writable open adds them to an older
+# store (additive; coqat versions that do not know them ignore them). ``progress``: a marker of
+# the newest checkpoint in the run's or trunk's folder when its attempts were last counted.
+ADDED_COLUMNS: dict[str, dict[str, str]] = {
+    "runs": {"progress": "TEXT"},
+    "trunks": {"progress": "TEXT"},
+}
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -164,6 +183,28 @@ def owner_is_dead(owner: str | None) -> bool:
     return not _pid_alive(pid)
 
 
+def tokens_per_step(row: Any) -> int:
+    """Tokens per optimizer step of a runs row (from its config)."""
+    cfg = json.loads(row["config"])
+    return int(cfg["optim"]["batch_size"]) * int(cfg["model"]["seq_len"])
+
+
+def own_tokens(row: Any, branched: bool) -> int:
+    """Tokens a run trains itself: after its branch step when it branches from its trunk's
+    checkpoint, else all of them."""
+    total = row["D_total"]
+    if total is None:
+        total = int(json.loads(row["config"])["tokens"])
+    if branched and row["trunk"]:
+        return int(total) - int(row["branch_step"]) * tokens_per_step(row)
+    return int(total)
+
+
+def _flops_seconds(row: Any, tokens: int) -> float:
+    """Default cost: training FLOPs, 6 N per token."""
+    return 6.0 * float(row["N"] or 1) * tokens
+
+
 def _num(v: Any) -> Any:
     """SQLite has no NaN (it stores NULL); keep None for missing, floats otherwise."""
     if isinstance(v, bool):
@@ -174,7 +215,8 @@ def _num(v: Any) -> Any:
 
 
 class Claim(dict):
-    """What a worker got: ``kind`` ('run' | 'trunk'), ``key``, ``config`` (dict), and for runs
+    """What a worker got: ``kind`` ('run' | 'trunk'), ``key``, ``config`` (dict), ``est_s``
+    (the piece's estimate, in the units of the claim's cost function), and for runs
     ``run_dir``, ``trunk``, ``branch_step``, ``start_from`` (a ready trunk checkpoint or None);
     for trunks ``trunk_dir``."""
 
@@ -185,35 +227,143 @@ class Claim(dict):
             raise AttributeError(k) from None
 
 
-class Store:
-    """A results store at ``path`` (created when missing unless ``create=False``)."""
+class _Cursor:
+    """A cursor whose SQLite errors become :class:`StoreError` (corruption shows up lazily)."""
 
-    def __init__(self, path: str | Path, *, create: bool = True, timeout: float = 60.0):
-        self.path = Path(path)
-        if not create and not self.path.exists():
-            raise StoreError(f"{self.path}: no such results store")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
+    def __init__(self, cur: sqlite3.Cursor, err):
+        self._cur, self._err = cur, err
+
+    def fetchone(self):
         try:
-            self.db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            mode = self.db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            return self._cur.fetchone()
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"{self.path}: not a coqat results store ({e})") from None
-        if str(mode).lower() != "wal":  # e.g. a filesystem without shared memory
-            self.db.execute("PRAGMA journal_mode = DELETE")
-        self.db.execute("PRAGMA synchronous = NORMAL")
-        self._init_schema()
+            raise self._err(e) from None
+
+    def fetchall(self):
+        try:
+            return self._cur.fetchall()
+        except sqlite3.DatabaseError as e:
+            raise self._err(e) from None
+
+    def __iter__(self):
+        return iter(self.fetchall())
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
+
+
+class _Connection:
+    """``sqlite3.Connection.execute`` with every SQLite error raised as a :class:`StoreError`
+    that names the store (a corrupted page, a locked or unreadable file): no traceback."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path):
+        self.raw, self.path = db, path
+
+    def _err(self, e: sqlite3.DatabaseError) -> StoreError:
+        msg = str(e)
+        hint = ""
+        if any(w in msg for w in ("malformed", "not a database", "Could not decode")):
+            hint = (
+                f"; the file is damaged: keep a copy and try `sqlite3 {self.path} .recover | "
+                f"sqlite3 repaired.db` (run folders keep every finished run's result.json)"
+            )
+        return StoreError(f"{self.path}: {msg}{hint}")
+
+    def execute(self, sql: str, args: Any = ()) -> _Cursor:
+        try:
+            return _Cursor(self.raw.execute(sql, args), self._err)
+        except sqlite3.DatabaseError as e:
+            raise self._err(e) from None
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def _sqlite_header(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(100)
+
+
+class Store:
+    """A results store at ``path``.
+
+    ``create``: make a new store when ``path`` does not exist (else StoreError). ``readonly``:
+    open for reading only (``sweep status``, ``results export``, the report): nothing is ever
+    written to the file, not even a schema. An empty (0-byte) file is an error, never an empty
+    store.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        create: bool = True,
+        readonly: bool = False,
+        timeout: float = 60.0,
+    ):
+        self.path = Path(path)
+        self.readonly = readonly
+        exists = self.path.exists()
+        if not exists and (readonly or not create):
+            raise StoreError(f"{self.path}: no such results store")
+        if exists:
+            if self.path.is_dir():
+                raise StoreError(f"{self.path}: a folder, not a results store (an SQLite file)")
+            if self.path.stat().st_size == 0:
+                raise StoreError(
+                    f"{self.path}: an empty file (0 bytes), not a results store; delete it to "
+                    "start a new store there"
+                )
+            head = _sqlite_header(self.path)
+            if not head.startswith(b"SQLite format 3\x00"):
+                raise StoreError(f"{self.path}: not a coqat results store (not an SQLite file)")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if readonly:
+                raw = self._connect_readonly(timeout, head)
+            else:
+                raw = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path}: cannot open the results store ({e})") from None
+        raw.row_factory = sqlite3.Row
+        self.db = _Connection(raw, self.path)
+        self.db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        if not readonly:
+            mode = self.db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":  # e.g. a filesystem without shared memory
+                self.db.execute("PRAGMA journal_mode = DELETE")
+            self.db.execute("PRAGMA synchronous = NORMAL")
+        try:
+            self._init_schema()
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _connect_readonly(self, timeout: float, head: bytes) -> sqlite3.Connection:
+        """Read-only connection. A WAL store with no ``-wal`` file has nothing outside the
+        main file: it is opened immutable, so SQLite creates no ``-wal``/``-shm`` files beside
+        it (a committed store stays as it is); otherwise the live WAL is read as usual."""
+        from urllib.parse import quote
+
+        wal = len(head) > 19 and head[18] == 2 and head[19] == 2
+        immutable = wal and not Path(f"{self.path}-wal").exists()
+        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro" + ("&immutable=1" if immutable
+                                                                  else "")
+        return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
 
     # ------------------------------------------------------------------------ plumbing
     @contextlib.contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
+    def tx(self) -> Iterator[_Connection]:
         """One write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``; rollback on error)."""
+        if self.readonly:
+            raise StoreError(f"{self.path}: opened read-only")
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self.db.raw.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
 
@@ -221,33 +371,68 @@ class Store:
         try:  # the common case, a current store: read only, no write lock
             row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is not None and int(row[0]) == SCHEMA_VERSION:
+                if not self.readonly:
+                    self._add_columns()
                 return
-        except (sqlite3.OperationalError, ValueError):
+        except ValueError:
             pass
+        except StoreError as e:
+            if "no such table" not in str(e):
+                raise
+        if self.readonly:
+            self._check_schema(self.db)
+            return
         with self.tx() as db:
-            has_meta = db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
-            ).fetchone()
-            if has_meta:
-                row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-                found = int(row[0]) if row else None
-                if found != SCHEMA_VERSION:
-                    from coqat import __version__
+            if not self._check_schema(db):
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        db.execute(stmt)
+                db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('created', ?)", (str(time.time()),))
+        self._add_columns()
 
-                    raise StoreError(
-                        f"{self.path}: results store schema version {found}; this coqat "
-                        f"({__version__}) reads schema version {SCHEMA_VERSION}. Use the coqat "
-                        f"version that wrote it (or export it there) or start a new store."
-                    )
-            elif db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-                raise StoreError(f"{self.path}: an SQLite file that is not a coqat results store")
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    db.execute(stmt)
-            db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('created', ?)", (str(time.time()),))
+    def _check_schema(self, db: _Connection) -> bool:
+        """True for a store of this schema version; False for an empty SQLite file (no
+        tables); StoreError for anything else."""
+        has_meta = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        if has_meta:
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            found = int(row[0]) if row else None
+            if found != SCHEMA_VERSION:
+                from coqat import __version__
+
+                raise StoreError(
+                    f"{self.path}: results store schema version {found}; this coqat "
+                    f"({__version__}) reads schema version {SCHEMA_VERSION}. Use the coqat "
+                    f"version that wrote it (or export it there) or start a new store."
+                )
+            return True
+        if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise StoreError(f"{self.path}: an SQLite file that is not a coqat results store")
+        if self.readonly:
+            raise StoreError(f"{self.path}: an SQLite file with no tables, not a results store")
+        return False
+
+    def _add_columns(self) -> None:
+        """Add the columns newer coqat versions use to an older store of the same schema
+        version (additive: older coqat versions ignore them), in one transaction."""
+        have = {
+            t: {r["name"] for r in self.db.execute(f"PRAGMA table_info({t})").fetchall()}
+            for t in ADDED_COLUMNS
+        }
+        if all(set(cols) <= have[t] for t, cols in ADDED_COLUMNS.items()):
+            return
+        with self.tx() as db:
+            for t, cols in ADDED_COLUMNS.items():
+                now = {r["name"] for r in db.execute(f"PRAGMA table_info({t})").fetchall()}
+                for c, typ in cols.items():
+                    if c not in now:
+                        db.execute(f'ALTER TABLE {t} ADD COLUMN "{c}" {typ}')
 
     def meta(self, key: str, default: str | None = None) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -407,99 +592,172 @@ class Store:
         max_attempts: int = 5,
         sweep: str | None = None,
         trunks: bool = True,
+        seconds: Callable[[Any, int], float] | None = None,
+        budget_s: float | None = None,
+        progress_of: Callable[[str, str], str] | None = None,
     ) -> Claim | None:
-        """Atomically take the next piece of work for ``owner`` (see module doc), or None."""
+        """Atomically take the next piece of work for ``owner`` (see module doc), or None.
+
+        Ready work is a trunk whose pending runs wait for a branch checkpoint (the piece is its
+        next segment: from its latest ready checkpoint to the next branch step) or a run that is
+        ready (the piece is its own part: after its branch step when it branches, else all of
+        it). The longest goes first: a trunk counts its steps still to train plus the own parts
+        of the runs waiting for it, a run its own part, in the units of ``seconds(row, tokens)``
+        (default: FLOPs, ``6 N tokens``); ties go to trunks, then to registration order.
+
+        ``budget_s``: a piece whose own time exceeds it is not claimed; it stays pending and is
+        listed in ``self.left`` (``kind, key, est_s``). ``progress_of(kind, folder)``: a marker
+        of the newest checkpoint in a run's or trunk's folder. At ``max_attempts`` a piece fails
+        only when its marker did not change since its attempts were last counted: attempts
+        count consecutive deaths of its workers without a new checkpoint.
+        """
         from coqat.sweep.keys import code_version
 
         version = code_version() if version is None else version
+        seconds = seconds or _flops_seconds
         now = time.time()
+        self.left: list[dict[str, Any]] = []
         with self.tx() as db:
             stale = self._stale_owners(db, now)
             qs = ",".join("?" * len(stale)) or "NULL"
             sweep_sql = " AND r.key IN (SELECT key FROM sweep_runs WHERE sweep=?)" if sweep else ""
             sweep_args = (sweep,) if sweep else ()
+            cands: list[tuple] = []
             if trunks:
-                while True:
-                    t = db.execute(
-                        f"""SELECT t.* FROM trunks t WHERE t.code_version=? AND t.status!='failed'
-                        AND (t.status!='running' OR t.owner IN ({qs}))
-                        AND EXISTS (SELECT 1 FROM runs r WHERE r.trunk=t.key
-                            AND r.status='pending'{sweep_sql}
-                            AND NOT EXISTS (SELECT 1 FROM trunk_steps s
-                                WHERE s.trunk=r.trunk AND s.step=r.branch_step))
-                        ORDER BY t.created, t.key LIMIT 1""",
-                        (version, *stale, *sweep_args),
-                    ).fetchone()
-                    if t is None:
-                        break
-                    if t["attempts"] >= max_attempts:
-                        db.execute(
-                            "UPDATE trunks SET status='failed', owner=NULL, error=?, updated=? "
-                            "WHERE key=?",
-                            (f"gave up after {t['attempts']} attempts", now, t["key"]),
-                        )
+                for t in db.execute(
+                    f"""SELECT t.rowid AS rid, t.* FROM trunks t WHERE t.code_version=?
+                    AND t.status!='failed' AND (t.status!='running' OR t.owner IN ({qs}))""",
+                    (version, *stale),
+                ).fetchall():
+                    waiting = self._waiting_runs(db, t["key"], sweep_sql, sweep_args)
+                    if not waiting:
                         continue
+                    seg, total = self._trunk_cost(db, t["key"], waiting, seconds)
+                    cands.append((-total, 0, t["rid"], "trunk", t, seg))
+            for r in db.execute(
+                f"""SELECT r.rowid AS rid, r.*, EXISTS (SELECT 1 FROM trunk_steps s
+                    WHERE s.trunk=r.trunk AND s.step=r.branch_step) AS ckpt
+                FROM runs r WHERE r.code_version=?
+                AND (r.status='pending' OR (r.status='running' AND r.owner IN ({qs})))
+                AND (r.trunk IS NULL
+                    OR EXISTS (SELECT 1 FROM trunk_steps s
+                        WHERE s.trunk=r.trunk AND s.step=r.branch_step)
+                    OR EXISTS (SELECT 1 FROM trunks t WHERE t.key=r.trunk
+                        AND t.status='failed'){'' if trunks else ' OR 1'}){sweep_sql}""",
+                (version, *stale, *sweep_args),
+            ).fetchall():
+                own = seconds(r, own_tokens(r, branched=bool(trunks and r["ckpt"])))
+                cands.append((-own, 1, r["rid"], "run", r, own))
+            cands.sort(key=lambda c: c[:3])
+            for _, _, _, kind, row, est in cands:
+                if row["attempts"] >= max_attempts and not self._progressed(
+                    db, kind, row, progress_of
+                ):
+                    self._give_up(db, kind, row, now)
+                    continue
+                if budget_s is not None and est > budget_s:
+                    self.left.append({"kind": kind, "key": row["key"], "est_s": est})
+                    continue
+                if kind == "trunk":
                     db.execute(
                         "UPDATE trunks SET status='running', owner=?, lease_until=?, "
                         "attempts=attempts+1, updated=? WHERE key=?",
-                        (owner, now + lease_s, now, t["key"]),
+                        (owner, now + lease_s, now, row["key"]),
                     )
                     return Claim(
                         kind="trunk",
-                        key=t["key"],
-                        config=json.loads(t["config"]),
-                        trunk_dir=t["trunk_dir"],
+                        key=row["key"],
+                        config=json.loads(row["config"]),
+                        trunk_dir=row["trunk_dir"],
                         owner=owner,
+                        est_s=est,
                     )
-            while True:
-                r = db.execute(
-                    f"""SELECT r.* FROM runs r WHERE r.code_version=?
-                    AND (r.status='pending' OR (r.status='running' AND r.owner IN ({qs})))
-                    AND (r.trunk IS NULL
-                        OR EXISTS (SELECT 1 FROM trunk_steps s
-                            WHERE s.trunk=r.trunk AND s.step=r.branch_step)
-                        OR EXISTS (SELECT 1 FROM trunks t WHERE t.key=r.trunk
-                            AND t.status='failed'){'' if trunks else ' OR 1'}){sweep_sql}
-                    ORDER BY r.rowid LIMIT 1""",
-                    (version, *stale, *sweep_args),
-                ).fetchone()
-                if r is None:
-                    return None
-                if r["attempts"] >= max_attempts:
-                    db.execute(
-                        "UPDATE runs SET status='failed', owner=NULL, finished=?, error=? "
-                        "WHERE key=?",
-                        (
-                            now,
-                            f"gave up after {r['attempts']} attempts (its worker died each "
-                            f"time: out of memory, preempted or killed?); last error: "
-                            f"{r['error'] or '-'}",
-                            r["key"],
-                        ),
-                    )
-                    continue
                 start_from = None
-                if r["trunk"] and trunks:
+                if row["trunk"] and trunks and row["ckpt"]:
                     s = db.execute(
                         "SELECT path FROM trunk_steps WHERE trunk=? AND step=?",
-                        (r["trunk"], r["branch_step"]),
+                        (row["trunk"], row["branch_step"]),
                     ).fetchone()
                     start_from = s["path"] if s else None
                 db.execute(
                     "UPDATE runs SET status='running', owner=?, lease_until=?, "
                     "attempts=attempts+1, started=? WHERE key=?",
-                    (owner, now + lease_s, now, r["key"]),
+                    (owner, now + lease_s, now, row["key"]),
                 )
                 return Claim(
                     kind="run",
-                    key=r["key"],
-                    config=json.loads(r["config"]),
-                    run_dir=r["run_dir"],
-                    trunk=r["trunk"],
-                    branch_step=r["branch_step"],
+                    key=row["key"],
+                    config=json.loads(row["config"]),
+                    run_dir=row["run_dir"],
+                    trunk=row["trunk"],
+                    branch_step=row["branch_step"],
                     start_from=start_from,
                     owner=owner,
+                    est_s=est,
                 )
+        return None
+
+    @staticmethod
+    def _waiting_runs(db: _Connection, trunk: str, sweep_sql: str = "", sweep_args=()) -> list:
+        """Pending runs of ``trunk`` whose branch checkpoint is not ready, by branch step."""
+        return db.execute(
+            f"""SELECT r.* FROM runs r WHERE r.trunk=? AND r.status='pending'{sweep_sql}
+            AND NOT EXISTS (SELECT 1 FROM trunk_steps s
+                WHERE s.trunk=r.trunk AND s.step=r.branch_step)
+            ORDER BY r.branch_step, r.rowid""",
+            (trunk, *sweep_args),
+        ).fetchall()
+
+    @staticmethod
+    def _trunk_cost(db: _Connection, trunk: str, waiting: list, seconds) -> tuple[float, float]:
+        """(next segment, everything that waits for the trunk) in ``seconds`` units: the next
+        segment runs from the latest ready checkpoint before the first needed branch step."""
+        ready = [r[0] for r in db.execute("SELECT step FROM trunk_steps WHERE trunk=?", (trunk,))]
+        first, last = waiting[0]["branch_step"], waiting[-1]["branch_step"]
+        start = max((s for s in ready if s < first), default=0)
+        tps = tokens_per_step(waiting[0])
+        seg = seconds(waiting[0], (first - start) * tps)
+        total = seconds(waiting[0], (last - start) * tps) + sum(
+            seconds(r, own_tokens(r, branched=True)) for r in waiting
+        )
+        return seg, total
+
+    @staticmethod
+    def _progressed(db: _Connection, kind: str, row: Any, progress_of) -> bool:
+        """At the attempt limit: did the work checkpoint since its attempts were last counted?
+        Then its count starts again (and the new marker is kept)."""
+        if progress_of is None:
+            return False
+        folder = row["trunk_dir"] if kind == "trunk" else row["run_dir"]
+        try:
+            marker = progress_of(kind, folder)
+        except OSError:
+            return False
+        if not marker or marker == row["progress"]:
+            return False
+        table = "trunks" if kind == "trunk" else "runs"
+        db.execute(
+            f"UPDATE {table} SET attempts=0, progress=? WHERE key=?", (marker, row["key"])
+        )
+        return True
+
+    @staticmethod
+    def _give_up(db: _Connection, kind: str, row: Any, now: float) -> None:
+        why = (
+            f"gave up after {row['attempts']} attempts without progress (its worker died each "
+            "time before a new checkpoint: out of memory, or killed or preempted more often than "
+            "it checkpoints? set checkpoint_every)"
+        )
+        if kind == "trunk":
+            db.execute(
+                "UPDATE trunks SET status='failed', owner=NULL, error=?, updated=? WHERE key=?",
+                (why, now, row["key"]),
+            )
+        else:
+            db.execute(
+                "UPDATE runs SET status='failed', owner=NULL, finished=?, error=? WHERE key=?",
+                (now, f"{why}; last error: {row['error'] or '-'}", row["key"]),
+            )
 
     def heartbeat(self, claim: Claim, lease_s: float = 120.0) -> bool:
         """Renew the lease of ``claim``; False when the caller no longer owns it."""
@@ -591,6 +849,15 @@ class Store:
             (trunk,),
         ).fetchall()
         return [r[0] for r in rows]
+
+    def waiting_runs(self, trunk: str) -> list[dict[str, Any]]:
+        """Pending runs of ``trunk`` whose branch checkpoint is not ready, by branch step."""
+        return [dict(r) for r in self._waiting_runs(self.db, trunk)]
+
+    def trunk_dir(self, trunk: str) -> str | None:
+        """The trunk's folder, relative to the run root."""
+        row = self.db.execute("SELECT trunk_dir FROM trunks WHERE key=?", (trunk,)).fetchone()
+        return row[0] if row else None
 
     def trunk_step_ready(self, claim: Claim, step: int, path: str | Path) -> None:
         with self.tx() as db:

@@ -17,20 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# Training throughput (tokens/s) of coqat's trainer on one H200 (bf16, torch.compile), from
-# bench/results/throughput-h200-2026-11-29.json (seq_len 512, batch 256). Other sizes are
-# interpolated at the achieved FLOP/s of the nearest measured size.
-DEFAULT_TOKENS_PER_S: dict[str, float] = {
-    "2m": 9.4e6,
-    "7m": 5.26e6,
-    "17m": 2.65e6,
-    "30m": 1.84e6,
-}
-
-
-# Rough model FLOP/s of a small run on 2 CPU cores (measured on the tiny example sweep).
-CPU_FLOPS = 5.0e9
-
 
 @dataclass(frozen=True)
 class PlannedRun:
@@ -130,34 +116,6 @@ class SweepPlan:
         }
 
 
-def tokens_per_s_for(
-    cfg, table: dict[str, float] | None = None, default: float | None = None
-) -> float:
-    """Throughput estimate for a run: ``default`` if given, else the table (defaults above,
-    updated by ``table``) by size, else interpolated at constant FLOP/s from the nearest size."""
-    from coqat.model.config import flops_per_token, ladder
-
-    if default:
-        return float(default)
-    if cfg.device == "cpu" and not (table and cfg.size in table):
-        return CPU_FLOPS / flops_per_token(cfg.model)
-    t = dict(DEFAULT_TOKENS_PER_S)
-    t.update(table or {})
-    if cfg.size and cfg.size in t:
-        return float(t[cfg.size])
-    fpt = flops_per_token(cfg.model)
-    best, best_d = None, None
-    for name, tps in t.items():
-        try:
-            ref = flops_per_token(ladder(name, seq_len=cfg.model.seq_len))
-        except Exception:  # noqa: BLE001 - an unknown name in a user table
-            continue
-        d = abs(ref - fpt)
-        if best_d is None or d < best_d:
-            best, best_d = tps * ref, d
-    return float(best / fpt) if best else 1e6
-
-
 def plan_sweep(
     runs: list,
     *,
@@ -168,11 +126,13 @@ def plan_sweep(
 ) -> SweepPlan:
     """Group ``runs`` (RunConfigs) by FP trunk and count FLOPs exactly (see module doc).
 
-    ``tokens_per_s``: one number for every run, or {size: tokens/s} updating the default table.
+    ``tokens_per_s``: one number for every run, or {size: tokens/s} replacing the estimate of
+    :func:`coqat.sweep.throughput.tokens_per_s` for those sizes.
     ``version``/``dhash`` go into the trunk keys (the store passes the real ones).
     """
     from coqat.model.config import flops_per_token
     from coqat.sweep.keys import trunk_key
+    from coqat.sweep.throughput import tokens_per_s as tokens_per_s_for
     from coqat.train.phases import plan_phases
 
     table = tokens_per_s if isinstance(tokens_per_s, dict) else None

@@ -5,7 +5,10 @@
 trunk to each branch step still needed, marking each checkpoint ready as soon as it is written)
 or a run (train it, from its trunk checkpoint when one is ready, resuming from its own checkpoint
 when an earlier attempt was interrupted). The worker exits when no run of its code version is
-pending or running any more.
+pending or running any more; with a deadline, as soon as nothing it could still claim fits
+before it (the rest stays pending). Each finished run is recorded in the store the moment it
+ends, with the number of workers that shared its device (``slots_per_device``), from which later
+estimates measure the device's efficiency.
 
 While it holds a claim a heartbeat thread renews the lease. If the lease is lost (the worker
 stalled for longer than the lease and another worker took the work over), the heartbeat
@@ -92,6 +95,29 @@ def _sigterm(signum, frame):  # pragma: no cover - exercised through subprocesse
     raise _Stop(f"signal {signum}")
 
 
+def progress_marker(folder: str | Path) -> str:
+    """A marker of the newest checkpoint in a run's or trunk's folder (files named
+    ``checkpoint*`` or ``step_*``): ``name:mtime_ns:size``, '' when there is none. A new
+    checkpoint (written, then renamed into place) changes it."""
+    best = None
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return ""
+    for e in entries:
+        if not (e.name.startswith("checkpoint") or e.name.startswith("step_")):
+            continue
+        try:
+            st = e.stat()
+        except OSError:
+            continue
+        if e.name.endswith(".tmp") or not e.is_file():
+            continue
+        cand = (st.st_mtime_ns, e.name, st.st_size)
+        best = max(best, cand) if best else cand
+    return f"{best[1]}:{best[0]}:{best[2]}" if best else ""
+
+
 def work(
     store_path: str | Path,
     root_dir: str | Path | None = None,
@@ -108,9 +134,20 @@ def work(
     progress: bool = False,
     wait: bool = True,
     log=None,
+    deadline: float | None = None,
+    efficiency: float | None = None,
+    slots_per_device: int = 1,
+    tokens_per_s: Any = None,
 ) -> dict[str, int]:
-    """Run the worker loop until no work is left; returns counts of what this worker did."""
+    """Run the worker loop until no work is left; returns counts of what this worker did.
+
+    ``deadline`` (seconds since the epoch): claim only work whose estimate
+    (:class:`coqat.sweep.estimate.Estimator` with ``efficiency``, ``slots_per_device`` and
+    ``tokens_per_s``) ends before it; check again before each trunk segment; stop when nothing
+    else fits (the rest stays pending for the next call).
+    """
     from coqat.config import from_dict
+    from coqat.sweep.estimate import DEFAULT_EFFICIENCY, Estimator, device_label
     from coqat.sweep.keys import code_version
     from coqat.train.config import RunConfig
 
@@ -123,9 +160,23 @@ def work(
     owner = owner or new_owner()
     eng = load_engine(engine)
     log = log or (lambda msg: print(f"[{owner}] {msg}", file=sys.stderr, flush=True))
+    est = Estimator(
+        slots_per_device=slots_per_device,
+        efficiency=efficiency or DEFAULT_EFFICIENCY,
+        table=tokens_per_s,
+        device_of=lambda d: device_label(eng, d),
+    )
+
+    def progress_of(kind: str, folder: str) -> str:
+        return progress_marker(root / folder)
+
+    def left_s() -> float | None:
+        return None if deadline is None else deadline - time.time()
+
     stats: Counter[str] = Counter()
     try:
         while True:
+            est.measure(st)
             c = st.claim(
                 owner,
                 version=version,
@@ -133,10 +184,18 @@ def work(
                 max_attempts=max_attempts,
                 sweep=sweep,
                 trunks=share,
+                seconds=est.seconds,
+                budget_s=left_s(),
+                progress_of=progress_of,
             )
             if c is None:
                 cnt = st.counts(sweep=sweep, version=version)
                 if not wait or cnt["pending"] + cnt["running"] == 0:
+                    break
+                if deadline is not None and not _may_unblock(st, est, left_s(), version, sweep):
+                    if st.left:
+                        log(f"time limit: {len(st.left)} ready pieces do not fit in the "
+                            f"{max(0.0, left_s()):.0f} s left; leaving them pending")
                     break
                 time.sleep(poll_s)
                 continue
@@ -145,9 +204,10 @@ def work(
             try:
                 with hb:
                     if c.kind == "trunk":
-                        _do_trunk(st, eng, c, cfg, root, progress, log, stats)
+                        _do_trunk(st, eng, c, cfg, root, progress, log, stats, est, left_s)
                     else:
-                        _do_run(st, eng, c, cfg, root, progress, log, stats, keep_trunks)
+                        _do_run(st, eng, c, cfg, root, progress, log, stats, keep_trunks,
+                                slots_per_device)
             except KeyboardInterrupt:
                 if hb.lost:
                     log(f"lost the lease of {c.kind} {c.key} (another worker took it over)")
@@ -161,7 +221,24 @@ def work(
     return dict(stats)
 
 
-def _do_trunk(st, eng, c, cfg, root, progress, log, stats) -> None:
+def _may_unblock(st: Store, est: Any, left: float | None, version: str, sweep: str | None
+                 ) -> bool:
+    """Under a deadline, with nothing to claim: is it worth waiting? Only while another worker
+    trains a trunk that a pending run waits for, and that run's own part would still fit."""
+    from coqat.sweep.store import own_tokens
+
+    if left is None or left <= 0:
+        return False
+    live = {t["key"] for t in st.trunks() if t["status"] == "running"}
+    for r in st.rows(("pending",), sweep=sweep, version=version):
+        if r["trunk"] in live and est.seconds(r, own_tokens(r, branched=True)) <= left:
+            return True
+    return False
+
+
+def _do_trunk(st, eng, c, cfg, root, progress, log, stats, est=None, left_s=None) -> None:
+    from coqat.sweep.store import tokens_per_step
+
     tdir = root / c.trunk_dir
     try:
         while True:
@@ -171,6 +248,18 @@ def _do_trunk(st, eng, c, cfg, root, progress, log, stats) -> None:
             s = needed[0]
             have = st.trunk_ready_steps(c.key)
             ready = [k for k, p in have.items() if k < s and Path(p).exists()]
+            left = left_s() if left_s else None
+            if left is not None and est is not None:
+                waiting = st.waiting_runs(c.key)
+                row = waiting[0] if waiting else None
+                if row is not None:
+                    seg = est.seconds(row, (s - max(ready, default=0)) * tokens_per_step(row))
+                    if seg > left:
+                        log(f"trunk {c.key}: the segment to step {s} (est. {seg:.0f} s) does "
+                            f"not fit in the {left:.0f} s left; leaving it pending")
+                        st.release(c)
+                        stats["trunk_left"] += 1
+                        return
             log(f"trunk {c.key}: training to step {s}")
             paths = eng.train_trunk(cfg, tdir, sorted(set(ready) | {s}), progress=progress)
             st.trunk_step_ready(c, s, paths[s])
@@ -185,7 +274,8 @@ def _do_trunk(st, eng, c, cfg, root, progress, log, stats) -> None:
         stats["trunk_failed"] += 1
 
 
-def _do_run(st, eng, c, cfg, root, progress, log, stats, keep_trunks) -> None:
+def _do_run(st, eng, c, cfg, root, progress, log, stats, keep_trunks, slots_per_device=1
+            ) -> None:
     rdir = root / c.run_dir
     sf = c.start_from if c.start_from and Path(c.start_from).exists() else None
     if c.start_from and sf is None:
@@ -204,7 +294,8 @@ def _do_run(st, eng, c, cfg, root, progress, log, stats, keep_trunks) -> None:
         return
     status = res.get("status")
     if status in ("done", "diverged"):
-        st.complete(c.key, res)
+        # the workers that shared the device: turns its wall time into a device efficiency
+        st.complete(c.key, {**res, "slots_per_device": slots_per_device})
         stats[status] += 1
     else:
         st.fail(c.key, f"the engine returned status {status!r}")
@@ -212,6 +303,10 @@ def _do_run(st, eng, c, cfg, root, progress, log, stats, keep_trunks) -> None:
     if c.trunk and not keep_trunks and st.trunk_finished(c.trunk):
         for p in st.drop_trunk_steps(c.trunk):
             Path(p).unlink(missing_ok=True)
+        tdir = st.trunk_dir(c.trunk)
+        if tdir:  # the trunk's periodic checkpoint
+            for p in (root / tdir).glob("checkpoint*"):
+                p.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,7 +327,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", default=None, help="only runs of this sweep")
     p.add_argument("--no-share", action="store_true", help="train every run alone")
     p.add_argument("--keep-trunks", action="store_true", help="keep trunk checkpoints")
+    p.add_argument("--deadline", type=float, default=None,
+                   help="seconds since the epoch: claim only work estimated to end before it")
+    p.add_argument("--efficiency", type=float, default=None,
+                   help="device efficiency for time estimates when the store has no measurement")
+    p.add_argument("--slots-per-device", type=int, default=1,
+                   help="workers sharing this worker's device (they share its throughput)")
+    p.add_argument("--tokens-per-s", action="append", default=[], metavar="[SIZE=]TOKENS_PER_S",
+                   help="throughput table for time estimates (as coqat sweep plan)")
     args = p.parse_args(argv)
+    from coqat.sweep.throughput import parse_tokens_per_s
+
     signal.signal(signal.SIGTERM, _sigterm)
     owner = new_owner(args.owner) if args.owner else None
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -244,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
             args.store, args.root, engine=args.engine, version=args.code_version, owner=owner,
             lease_s=args.lease, poll_s=args.poll, max_attempts=args.max_attempts,
             sweep=args.sweep, share=not args.no_share, keep_trunks=args.keep_trunks,
+            deadline=args.deadline, efficiency=args.efficiency,
+            slots_per_device=args.slots_per_device,
+            tokens_per_s=parse_tokens_per_s(args.tokens_per_s),
         )
     except KeyboardInterrupt:
         return 130

@@ -53,12 +53,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser(
         "export",
-        help="export a trained run as bit-packed low-bit weights",
-        description="Write a Hugging Face-style folder (config.json, tokenizer.json, "
-        "model.safetensors with bit-packed integer codes and scales) from a finished run.",
+        help="export a trained run for transformers / vLLM (or in coqat's packed format)",
+        description="Write a Hugging Face Llama folder from a finished run: config.json, "
+        "model.safetensors, tokenizer files, generation_config.json and a model card. "
+        "compressed-tensors (default): block linears as pack-quantized int codes, re-encoded "
+        "losslessly; hf: dense dequantized weights; coqat: coqat's own packed format (keeps the "
+        "embedding quantized). See docs/quant.md.",
     )
     e.add_argument("run", help="a finished run folder (holds model.pt and config.json)")
-    e.add_argument("--out", required=True, help="export folder to write")
+    e.add_argument("--out", required=True, help="export folder to write (new, empty or an export)")
+    e.add_argument(
+        "--format",
+        default="compressed-tensors",
+        choices=["compressed-tensors", "hf", "coqat"],
+        help="default: %(default)s",
+    )
+    e.add_argument(
+        "--data",
+        help="the run's prepared data folder, when its data.path is not "
+        "found from here (supplies the tokenizer)",
+    )
+    e.add_argument(
+        "--pack-bits",
+        type=int,
+        help="compressed-tensors: int width of the codes "
+        "(default: the smallest lossless one; 4 lets vLLM's int4 kernels serve 1-3 "
+        "bits)",
+    )
+    e.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float32", "float16"],
+        help="hf: dtype of the dense weights (default bfloat16)",
+    )
     e.set_defaults(func=_export)
 
     v = sub.add_parser(
@@ -143,7 +169,10 @@ def _print_result(res: dict) -> None:
 def _export(args: argparse.Namespace) -> int:
     from coqat.train.export import export_run
 
-    info = export_run(Path(args.run), Path(args.out))
+    info = export_run(
+        Path(args.run), Path(args.out), format=args.format, data=args.data,
+        pack_bits=args.pack_bits, dtype=args.dtype,
+    )  # fmt: skip
     print(json.dumps(info, indent=2))
     return 0
 

@@ -8,15 +8,13 @@ quantization-aware training (QAT) for D_qat tokens, with f = D_qat / D_total = `
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from coqat.bits import ALLOWED_BITS as ALLOWED_BITS  # re-exported: the one definition
+from coqat.bits import FP_BITS, allowed_str, is_allowed
 from coqat.config import apply_overrides, check, from_dict, load_file, to_dict
 from coqat.model.config import LADDER, ModelConfig, ladder
-
-ALLOWED_BITS = (1.0, 1.58, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
-FP_BITS = 16.0
 
 
 @dataclass(frozen=True)
@@ -122,9 +120,8 @@ class QATConfig:
 
     def __post_init__(self) -> None:
         b = self.bits
-        ok = isinstance(b, int | float) and not math.isnan(b)
-        ok = ok and (b == FP_BITS or any(abs(b - a) < 1e-9 for a in ALLOWED_BITS))
-        check(ok, "qat.bits", f"{b!r} is not supported; allowed: {list(ALLOWED_BITS)} or 16 (FP)")
+        ok = isinstance(b, int | float) and is_allowed(b, fp=True)
+        check(ok, "qat.bits", f"{b!r} is not supported; allowed: {allowed_str(fp=True)}")
         check(
             0.0 <= self.fraction <= 1.0,
             "qat.fraction",
@@ -140,10 +137,10 @@ class QATConfig:
             except ValueError:
                 eb = float("nan")
             check(
-                any(abs(eb - a) < 1e-9 for a in ALLOWED_BITS) or eb == FP_BITS,
+                is_allowed(eb, fp=True),
                 "qat.embed_bits",
                 f"{self.embed_bits!r} is not allowed; use 'auto', 'fp' or one of "
-                f"{list(ALLOWED_BITS)}",
+                f"{allowed_str()}",
             )
 
     @property

@@ -39,7 +39,6 @@ from coqat.train.phases import (
     lr_multiplier,
     plan_phases,
     run_accounting,
-    trunk_identity,
 )
 
 CHECKPOINT = "checkpoint.pt"
@@ -53,11 +52,6 @@ def trunk_config(cfg: RunConfig) -> RunConfig:
         qat=QATConfig(bits=FP_BITS, fraction=0.0),
         schedule=replace(cfg.schedule, cooldown=0.0, kind="wsd"),
     )
-
-
-def trunk_key(cfg: RunConfig, data_hash: str = "") -> str:
-    """Runs with equal trunk keys share their FP trunk (up to each run's branch step)."""
-    return config_hash(trunk_identity(cfg), coqat.__version__, data_hash)
 
 
 def resolve_device(cfg: RunConfig) -> torch.device:
@@ -592,6 +586,8 @@ def train_trunk(
 
     Idempotent: existing checkpoints are kept, and training resumes from the latest checkpoint
     in ``trunk_dir`` before the first missing step (also one saved for another run's branches).
+    With ``checkpoint_every`` set, the trunk also saves ``trunk_dir/checkpoint.pt`` every that
+    many tokens, as runs do, so a trunk killed before a branch step resumes from there.
     """
     trunk_dir = Path(trunk_dir)
     trunk_dir.mkdir(parents=True, exist_ok=True)
@@ -606,9 +602,18 @@ def train_trunk(
         atomic_write_text(trunk_dir / "config.json", json.dumps(to_dict(tcfg), indent=2) + "\n")
     saved = {int(p.stem.split("_")[1]): p for p in trunk_dir.glob("step_*.pt")}
     done = sorted(s for s in saved if s < todo[0])
-    if done:
-        tr.load_state_dict(load_checkpoint(saved[done[-1]]))
+    periodic = trunk_dir / CHECKPOINT
+    sd = load_checkpoint(periodic) if periodic.exists() else None
+    if sd is not None and (done and int(sd["step"]) <= done[-1] or int(sd["step"]) > todo[0]):
+        sd = None  # a branch checkpoint is as far, or it is past the step needed first
+    if sd is None and done:
+        sd = load_checkpoint(saved[done[-1]])
+    if sd is not None:
+        tr.load_state_dict(sd)
     barrier(tr.dist)
+    ckpts = (
+        _schedule_points(tcfg, tr.plan, cfg.checkpoint_every, 1) if cfg.checkpoint_every else set()
+    )
     log = (
         MetricsLog(trunk_dir / "metrics.jsonl", resume_step=tr.step) if tr.dist.main else NullLog()
     )
@@ -621,8 +626,8 @@ def train_trunk(
                 log=log,
                 phase="fp",
                 eval_steps=set(),
-                ckpt_steps=set(),
-                ckpt_path=None,
+                ckpt_steps=ckpts,
+                ckpt_path=periodic,
                 bar=bar,
             )
             tr.save(paths[s])

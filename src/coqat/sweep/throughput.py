@@ -1,0 +1,91 @@
+"""Training throughput (tokens/s) of coqat's trainer: the one table behind every time estimate
+(``coqat sweep plan``, the sweep ETA, the time limit of ``coqat sweep run``).
+
+The table is ``throughput-h200.json`` beside this module: the 4-bit QAT rows of the single-process
+H200 benchmarks it names (``bench/results/``, with date, commit and command; the test suite checks
+the copy against those files). A ladder size of the table at the benchmark's shape gets its
+measured tokens/s; any other model gets the model-FLOP utilisation (MFU) interpolated in log N
+between the measured sizes (clamped at the ends) times the peak, over its own FLOPs per token.
+CPU runs use :data:`CPU_FLOPS`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+TABLE_PATH = Path(__file__).with_name("throughput-h200.json")
+
+# Rough model FLOP/s of a small run on 2 CPU cores (the tiny example sweep, torch 2.x, fp32).
+CPU_FLOPS = 5.0e9
+
+
+@functools.cache
+def bench_table() -> dict[str, Any]:
+    """The shipped benchmark table (see module doc)."""
+    return json.loads(TABLE_PATH.read_text("utf-8"))
+
+
+def bench_rows() -> list[dict[str, Any]]:
+    """The table's rows (size, bits, params, d_model, n_layers, seq_len, batch, tokens_per_s,
+    mfu), smallest model first."""
+    return sorted(bench_table()["rows"], key=lambda r: r["params"])
+
+
+def gpu_tokens_per_s(model: Any) -> float:
+    """Single-process tokens/s of ``model`` (a ModelConfig) on the benchmarked GPU: MFU
+    interpolated in log N over the table, times the peak, over the model's FLOPs per token."""
+    from coqat.model.config import flops_per_token, param_counts
+
+    rows = bench_rows()
+    x = math.log(param_counts(model).total)
+    xs = [math.log(r["params"]) for r in rows]
+    ys = [r["mfu"] for r in rows]
+    if x <= xs[0]:
+        mfu = ys[0]
+    elif x >= xs[-1]:
+        mfu = ys[-1]
+    else:
+        i = next(k for k in range(1, len(xs)) if xs[k] >= x)
+        t = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+        mfu = ys[i - 1] + t * (ys[i] - ys[i - 1])
+    return mfu * bench_table()["peak_tflops"] * 1e12 / flops_per_token(model)
+
+
+def tokens_per_s(cfg: Any, table: dict[str, float] | None = None, default: float | None = None
+                 ) -> float:
+    """Throughput estimate of a run (a RunConfig) on one device, alone on it: ``default`` if
+    given; else ``table[cfg.size]`` (a user's measurement); else the CPU rate for a CPU run;
+    else :func:`gpu_tokens_per_s`."""
+    from coqat.model.config import flops_per_token
+
+    if default:
+        return float(default)
+    if table and cfg.size in table:
+        return float(table[cfg.size])
+    if cfg.device == "cpu":
+        return CPU_FLOPS / flops_per_token(cfg.model)
+    return gpu_tokens_per_s(cfg.model)
+
+
+def parse_tokens_per_s(values: list[str]) -> Any:
+    """``--tokens-per-s`` values: one number for every run, or ``SIZE=NUMBER`` entries
+    (a table by size); None when none were given."""
+    from coqat.errors import ConfigError
+
+    if not values:
+        return None
+    table: dict[str, float] = {}
+    for v in values:
+        try:
+            if "=" in v:
+                k, x = v.split("=", 1)
+                table[k.strip()] = float(x)
+            else:
+                return float(v)
+        except ValueError:
+            raise ConfigError("--tokens-per-s", f"{v!r} is not a number or SIZE=NUMBER") from None
+    return table
