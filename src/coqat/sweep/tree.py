@@ -25,6 +25,14 @@ DEFAULT_TOKENS_PER_S: dict[str, float] = {
     "7m": 5.26e6,
     "17m": 2.65e6,
     "30m": 1.84e6,
+    "50m": 1.17e6,  # measured, 1-bit QAT (bench/README.md)
+    # estimates, not measured: 50m's MFU (46.1% of 790 TFLOP/s) at each size's FLOPs per token
+    "90m": 6.33e5,
+    "150m": 3.56e5,
+    "300m": 1.87e5,
+    "600m": 1.02e5,
+    "1.2b": 4.83e4,
+    "2.2b": 2.68e4,
 }
 
 
