@@ -442,7 +442,7 @@ class Trainer:
 
     def run_info(self) -> dict[str, Any]:
         """How the run was spread and where its time went (coqat.train.timing)."""
-        peak = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.cuda else math.nan
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.cuda else None
         return {
             "world_size": self.dist.world,
             "dist_strategy": self.strategy,

@@ -12,7 +12,6 @@ its tokens by the whole training wall time instead, compilation and evaluation i
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -75,7 +74,7 @@ class Clock:
 
     def summary(self, tokens_per_step: int) -> dict[str, Any]:
         s = self.state()
-        steady = math.nan
+        steady = None  # no step after the warm-up ones
         if s["steady_s"] > 0:
             steady = s["steady_steps"] * tokens_per_step / s["steady_s"]
         return {
