@@ -10,8 +10,7 @@ import json
 
 import pytest
 import torch
-
-from tests.conftest import tiny_run_config
+from helpers import tiny_run_config
 
 transformers = pytest.importorskip(
     "transformers", reason="the hf extra is not installed: pip install -e '.[hf]'"

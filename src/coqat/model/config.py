@@ -61,7 +61,11 @@ class ModelConfig:
         return (h + m - 1) // m * m
 
 
-# d_model, n_layers, n_heads. Names follow the rough parameter count at vocab 8192.
+# d_model, n_layers, n_heads. Names follow the rough parameter count at vocab 8192. From 300m on
+# the ladder spans the paper's range (86M-2.2B; its exact shapes are not published) in steps of
+# about 2x with Llama-2's proportions: head dim 64 up to d_model 1024 (as below 300m), 128 above
+# (Llama-2's); depth so that d_model / n_layers stays in 40-95 (GPT-2 medium 43, Llama-2 7B 128);
+# widths from 1536 on are multiples of 512 (tensor-core friendly); SwiGLU hidden 8/3 d.
 LADDER: dict[str, tuple[int, int, int]] = {
     "tiny": (64, 2, 2),
     "2m": (128, 4, 4),
@@ -73,6 +77,10 @@ LADDER: dict[str, tuple[int, int, int]] = {
     "50m": (576, 11, 9),
     "90m": (768, 12, 12),
     "150m": (896, 16, 14),
+    "300m": (1024, 24, 16),
+    "600m": (1536, 20, 12),
+    "1.2b": (2048, 24, 16),
+    "2.2b": (2560, 28, 20),
 }
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
+
+from coqat.model.config import LADDER
 
 # flag -> config path; every flag is optional and overrides the config file
 _TRAIN_FLAGS = {
     "size": (
         "size",
         str,
-        "model size from the ladder (tiny, 2m, 4m, 7m, 12m, 17m, 30m, 50m, 90m, 150m)",
+        f"model size from the ladder ({', '.join(LADDER)})",
     ),
     "tokens": ("tokens", float, "total training tokens D_total (e.g. 2e7)"),
     "bits": ("qat.bits", float, "bit width of the QAT phase: 1, 1.58, 2, 3..8; 16 = FP only"),
@@ -130,7 +133,9 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_run_config(args.config, tuple(_overrides(args)))
     res = execute(cfg, Path(args.out), resume=not args.no_resume, progress=True)
-    if args.json:
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 reports
+        pass
+    elif args.json:
         print(json.dumps(res, indent=2))
     else:
         _print_result(res)
@@ -160,6 +165,11 @@ def _print_result(res: dict) -> None:
         ("FLOPs FP / QAT", f"{res['flops_fp']:.3e} / {res['flops_qat']:.3e}"),
         ("wall FP / QAT (s)", f"{res['wall_fp']:.1f} / {res['wall_qat']:.1f}"),
         ("tokens/s", f"{res['tokens_per_s']:,.0f}"),
+        (
+            "tokens/s steady (warm-up / eval s)",
+            f"{res['tokens_per_s_steady']:,.0f} "
+            f"({res['wall_warmup']:.1f} / {res['wall_eval']:.1f})",
+        ),
     ]
     for r in rows:
         t.add_row(*r)

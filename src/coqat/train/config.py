@@ -149,6 +149,24 @@ class QATConfig:
 
 
 @dataclass(frozen=True)
+class DistConfig:
+    """How a run spreads over the processes of a ``torchrun`` launch (ignored in one process).
+
+    ``strategy``: ``ddp`` replicates the model and averages gradients; ``fsdp`` shards
+    parameters, gradients and optimizer state (FSDP2, ``torch.distributed.fsdp.fully_shard``);
+    ``auto`` picks ``fsdp`` when the training state (weights, gradients and AdamW moments:
+    16 bytes per parameter) would take more than a third of one GPU's memory, else ``ddp``.
+    ``param_dtype`` (FSDP): the dtype weights are all-gathered and computed in. ``fp32`` keeps the
+    numerics of a single-process or DDP run (bf16 autocast does the matmuls); ``bf16`` halves the
+    all-gather traffic and the unsharded weights' memory (gradients are reduced in fp32 either
+    way; the fake quantizers then see bf16 copies of the fp32 master weights).
+    """
+
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    param_dtype: Literal["fp32", "bf16"] = "fp32"
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything that defines one run. Its hash (with code and data versions) keys the run."""
 
@@ -158,6 +176,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     qat: QATConfig = field(default_factory=QATConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     tokens: int = 1_000_000  # D_total
     seed: int = 0
     eval_every: int = 0  # tokens between validations; 0 = 10 evaluations per run

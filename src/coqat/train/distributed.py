@@ -1,22 +1,39 @@
-"""Data parallelism for one run across processes (``torchrun``), NCCL on CUDA and gloo on CPU.
+"""One run across processes (``torchrun``): NCCL on CUDA, gloo on CPU; DDP or FSDP2.
 
 Every rank draws the same global batch (a pure function of the seed and the step) and trains on
-its contiguous share of the rows; gradients are averaged with one coalesced all-reduce per step,
-so the update equals the single-process update up to floating-point summation order. Evaluation
-windows are split across ranks and the loss sums all-reduced. Only rank 0 writes files.
+its contiguous share of the rows, so the update equals the single-process update up to
+floating-point summation order, whatever the strategy (``RunConfig.dist``):
 
-Gradients are reduced explicitly rather than through a DDP wrapper because QAT attaches new
-parameters (quantizer scales) mid-run; an explicit reduction needs no re-wrapping and composes
-with ``torch.compile``.
+* ``ddp``: every rank holds the whole model; gradients are averaged by :func:`average_gradients`,
+  a bucketed all-reduce issued asynchronously after the backward pass. Gradients are reduced
+  explicitly rather than through torch's DDP wrapper because QAT attaches new parameters
+  (quantizer scales) mid-run, and a compiled forward/backward produces every gradient at once at
+  its end, so a wrapper's per-bucket overlap with the backward pass has nothing to overlap.
+* ``fsdp``: parameters, gradients and optimizer state are sharded (:mod:`coqat.train.fsdp`);
+  FSDP reduce-scatters gradients itself, so :func:`average_gradients` leaves them alone.
+
+Evaluation windows are split across ranks and the loss sums all-reduced. Only rank 0 writes files
+(sharded checkpoints excepted: every rank writes its shard).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+# bytes of gradients per all-reduce call: large enough to run at NCCL's full bandwidth, small
+# enough that the flat copy stays a small fraction of the model (torch DDP's default is 25 MiB)
+BUCKET_BYTES = 64 << 20
+
+# 'auto' shards when the training state would take more than this fraction of a GPU's memory
+FSDP_MEMORY_FRACTION = 1 / 3
+# bytes of training state per parameter: fp32 weight, gradient and two AdamW moments
+TRAIN_STATE_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -49,6 +66,22 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(rank=rank, world=world, local_rank=local)
 
 
+def resolve_strategy(
+    strategy: str, n_params: int, world: int, device_memory: int | None
+) -> str:
+    """``none`` (one process), ``ddp`` or ``fsdp`` for ``RunConfig.dist.strategy``.
+
+    ``auto``: ``fsdp`` when ``TRAIN_STATE_BYTES x n_params`` exceeds ``FSDP_MEMORY_FRACTION`` of
+    ``device_memory`` (one GPU's bytes; None on CPU, where ``auto`` means ``ddp``)."""
+    if world <= 1:
+        return "none"
+    if strategy != "auto":
+        return strategy
+    if device_memory and TRAIN_STATE_BYTES * n_params > FSDP_MEMORY_FRACTION * device_memory:
+        return "fsdp"
+    return "ddp"
+
+
 def rows_for_rank(n_rows: int, info: DistInfo) -> slice:
     """This rank's contiguous share of a global batch of ``n_rows`` sequences."""
     if n_rows % info.world:
@@ -62,21 +95,53 @@ def rows_for_rank(n_rows: int, info: DistInfo) -> slice:
     return slice(info.rank * per, (info.rank + 1) * per)
 
 
-def average_gradients(params: list[torch.nn.Parameter], info: DistInfo) -> None:
-    """Average the gradients of ``params`` over ranks with one flat all-reduce."""
+def _is_dtensor(t: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def buckets(tensors: list[torch.Tensor], bucket_bytes: int = BUCKET_BYTES) -> list[list[int]]:
+    """Indices of ``tensors`` in consecutive groups of at most ``bucket_bytes`` (a tensor larger
+    than that is a group of its own), each of one dtype and device."""
+    out: list[list[int]] = []
+    size, key = 0, None
+    for i, t in enumerate(tensors):
+        k = (t.dtype, t.device)
+        n = t.numel() * t.element_size()
+        if out and k == key and size + n <= bucket_bytes:
+            out[-1].append(i)
+            size += n
+        else:
+            out.append([i])
+            size, key = n, k
+    return out
+
+
+def average_gradients(
+    params: list[torch.nn.Parameter], info: DistInfo, bucket_bytes: int = BUCKET_BYTES
+) -> None:
+    """Average the gradients of ``params`` over ranks: one all-reduce per bucket of
+    ``bucket_bytes``, all issued before the first is waited on, so packing one bucket overlaps
+    the transfer of the previous. Sharded (FSDP) gradients are already averaged: skipped."""
     if not info.enabled:
         return
-    grads = [p.grad for p in params if p.grad is not None]
+    grads = [p.grad for p in params if p.grad is not None and not _is_dtensor(p.grad)]
     if not grads:
         return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= info.world
-    offset = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[offset : offset + n].view_as(g))
-        offset += n
+    pending = []
+    for idx in buckets(grads, bucket_bytes):
+        flat = torch.cat([grads[i].reshape(-1) for i in idx])
+        pending.append((idx, flat, dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)))
+    for idx, flat, work in pending:
+        work.wait()
+        flat /= info.world
+        offset = 0
+        for i in idx:
+            g = grads[i]
+            n = g.numel()
+            g.copy_(flat[offset : offset + n].view_as(g))
+            offset += n
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
@@ -88,3 +153,31 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def broadcast_object(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def rank_share(
+    batches: Iterable[Any] | Sized, info: DistInfo, *, lockstep: bool = False
+) -> Iterator[tuple[Any, bool]]:
+    """This rank's share of ``batches`` (batch ``i`` goes to rank ``i mod world``) as
+    ``(batch, counted)`` pairs. ``lockstep``: every rank yields the same number of batches (a
+    sharded model's forward is a collective), ranks with one batch fewer repeat their first with
+    ``counted = False``."""
+    n = len(batches)  # type: ignore[arg-type]
+    first = None
+    for i, b in enumerate(batches):  # type: ignore[arg-type]
+        if i % info.world == info.rank:
+            first = b if first is None else first
+            yield b, True
+        elif first is None and lockstep:
+            first = b
+    if lockstep and info.enabled and n % info.world and info.rank >= n % info.world:
+        yield first, False

@@ -22,15 +22,26 @@ import torch
 import coqat
 from coqat.config import atomic_write_text, config_hash, flatten, to_dict
 from coqat.errors import ConfigError, CoqatError
+from coqat.model.config import param_counts
 from coqat.model.llama import Llama
 from coqat.provenance import git_commit
-from coqat.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from coqat.train.checkpoint import (
+    load_checkpoint,
+    load_sharded_state,
+    remove_checkpoint,
+    rng_state,
+    save_checkpoint,
+    save_sharded_checkpoint,
+    set_rng_state,
+)
 from coqat.train.config import FP_BITS, QATConfig, RunConfig
 from coqat.train.distributed import (
     all_reduce_sum,
     average_gradients,
     barrier,
     init_distributed,
+    rank_share,
+    resolve_strategy,
     rows_for_rank,
 )
 from coqat.train.metrics import MetricsLog
@@ -40,6 +51,7 @@ from coqat.train.phases import (
     plan_phases,
     run_accounting,
 )
+from coqat.train.timing import Clock
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -66,29 +78,44 @@ def _forward_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     return model(x, y)
 
 
+def _eager_forward_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``model(x, y)`` with any compiled submodule (a sharded model's blocks) run eagerly."""
+    with torch.compiler.set_stance("force_eager"):
+        return model(x, y)
+
+
 _COMPILED: dict[str, Any] = {}
+
+
+def compile_options(mode: str = "default") -> dict[str, Any]:
+    """Inductor options for ``mode`` (and dynamo's recompile limits raised to 64)."""
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    if hasattr(torch._dynamo.config, "recompile_limit"):
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    import torch._inductor.config as inductor_config
+    from torch._inductor import list_mode_options
+
+    # the mode's own inductor options, without the generated code's per-call size/stride
+    # asserts (dynamo's guards already check the inputs): less host time per step, which a
+    # small model's short GPU step cannot hide; assertions only, so no numbers change
+    options = dict(list_mode_options(mode))
+    if hasattr(inductor_config, "size_asserts"):
+        options["size_asserts"] = False
+    return options
 
 
 def compiled_forward_loss(mode: str = "default"):
     """One compiled function per compile mode, shared by every model and run of this process:
     models are passed as arguments, so a new run of an already-seen shape reuses the graph."""
     if mode not in _COMPILED:
-        import torch._dynamo
-
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        if hasattr(torch._dynamo.config, "recompile_limit"):
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        import torch._inductor.config as inductor_config
-        from torch._inductor import list_mode_options
-
-        # the mode's own inductor options, without the generated code's per-call size/stride
-        # asserts (dynamo's guards already check the inputs): less host time per step, which a
-        # small model's short GPU step cannot hide; assertions only, so no numbers change
-        options = dict(list_mode_options(mode))
-        if hasattr(inductor_config, "size_asserts"):
-            options["size_asserts"] = False
-        _COMPILED[mode] = torch.compile(_forward_loss, options=options)
+        _COMPILED[mode] = torch.compile(_forward_loss, options=compile_options(mode))
     return _COMPILED[mode]
+
+
+def _device_memory(device: torch.device) -> int | None:
+    return torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
 
 
 class Diverged(Exception):
@@ -137,6 +164,21 @@ class Trainer:
         )
         torch.manual_seed(cfg.seed)
         self.model = Llama(cfg.model).to(self.device)
+        # 'none' (one process), 'ddp' or 'fsdp' (coqat.train.distributed, coqat.train.fsdp)
+        self.strategy = resolve_strategy(
+            cfg.dist.strategy, param_counts(cfg.model).total, self.dist.world,
+            _device_memory(self.device),
+        )  # fmt: skip
+        self.sharded = self.strategy == "fsdp"
+        if self.sharded:
+            from coqat.train.fsdp import device_mesh, shard_model
+
+            mesh = device_mesh(self.dist, self.device)
+            self.model = shard_model(
+                self.model, mesh, cfg.dist.param_dtype, self._block_compile_options()
+            )
+        self.clock = Clock(lambda: self.info.setdefault("timing", {}),
+                           torch.cuda.synchronize if self.cuda else None)
         self._params: list[torch.nn.Parameter] | None = None
         self.quantized = False
         self.step = 0
@@ -182,10 +224,35 @@ class Trainer:
             fused=self.cuda,
         )
 
+    def _block_compile_options(self) -> dict[str, Any] | None:
+        """Sharded models compile block by block (coqat.train.fsdp); CUDA graphs do not mix
+        with FSDP's collectives between blocks, so reduce-overhead compiles as default."""
+        if not self.use_compile:
+            return None
+        mode = self.cfg.compile_mode
+        return compile_options("default" if mode == "reduce-overhead" else mode)
+
+    def _quantize_sharded(self, carry: bool) -> None:
+        """FSDP: rebuild the sharded model with quantizers (``coqat.train.fsdp``), moving the
+        weights' AdamW moments over when ``carry``."""
+        from coqat.train.fsdp import move_optimizer_state, with_quantizers
+
+        old_model, old_opt = self.model, self.optimizer
+        self.model = with_quantizers(
+            old_model, self.quant_config, self.cfg.dist.param_dtype, self._block_compile_options()
+        )
+        self.quantized = True
+        self._params = None
+        self.optimizer = self._make_optimizer()
+        if carry:
+            move_optimizer_state(old_model, old_opt, self.model, self.optimizer)
+
     def enter_qat(self) -> None:
         """Attach fake quantizers (alpha initialised from the current weights)."""
         from coqat.quant import prepare
 
+        if self.sharded:
+            return self._quantize_sharded(self.cfg.qat.carry_optimizer and self.step > 0)
         prepare(self.model, self.quant_config)
         self.quantized = True
         self._params = None
@@ -197,7 +264,9 @@ class Trainer:
             self.optimizer = self._make_optimizer()
 
     def loss_fn(self):
-        return compiled_forward_loss(self.cfg.compile_mode) if self.use_compile else _forward_loss
+        if self.use_compile and not self.sharded:  # sharded: blocks compiled one by one
+            return compiled_forward_loss(self.cfg.compile_mode)
+        return _forward_loss
 
     def _to_device(self, arr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.from_numpy(arr)
@@ -255,24 +324,28 @@ class Trainer:
         """Mean validation loss over the fixed validation windows (``data.val_tokens``)."""
         from coqat.data import validation_windows
 
+        t0 = self.clock.begin()
         model = model if model is not None else self.model
-        fn = _forward_loss  # eager: evaluation is cheap, a compile per phase is not
+        fn = _eager_forward_loss  # evaluation is cheap, a compile per phase is not
         total, count = 0.0, 0
         windows = validation_windows(
             self.val_ds, self.cfg.model.seq_len, self.cfg.data.val_tokens, self.cfg.optim.micro
         )
-        for i, arr in enumerate(windows):
-            if i % self.dist.world != self.dist.rank:
-                continue
+        # a sharded model's forward is a collective: every rank runs as many batches
+        for arr, counted in rank_share(windows, self.dist, lockstep=model is self.model and
+                                       self.sharded):
             x, y = self._to_device(arr)
             with self._autocast():
                 loss = fn(model, x, y)
+            if not counted:
+                continue
             n = y.numel()
             total += float(loss) * n
             count += n
         if self.dist.enabled:
             t = torch.tensor([total, count], dtype=torch.float64, device=self.device)
             total, count = all_reduce_sum(t, self.dist).tolist()
+        self.clock.end("eval", t0)
         return total / count
 
     def evaluate_ptq(self) -> float:
@@ -281,39 +354,62 @@ class Trainer:
 
         from coqat.quant import ptq
 
-        clone = copy.deepcopy(self.model)
+        if self.sharded:
+            from coqat.train.fsdp import plain_copy
+
+            clone = plain_copy(self.model)  # every rank gets the whole model
+        else:
+            clone = copy.deepcopy(self.model)
         ptq(clone, self.quant_config)
         loss = self.evaluate(clone)
         del clone
         return loss
 
     # ----------------------------------------------------------------------------- state
-    def state_dict(self) -> dict[str, Any]:
+    def _progress_state(self) -> dict[str, Any]:
+        """Everything a checkpoint holds besides the model and the optimizer."""
         return {
             "format": 1,
             "config_hash": config_hash(self.cfg),
             "step": self.step,
             "quantized": self.quantized,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
             "sampler": self.sampler.state_dict() | {"position": self.step},
             "rng": rng_state(),
             "info": dict(self.info),
             "wall": dict(self.wall),
         }
 
+    def state_dict(self) -> dict[str, Any]:
+        """A one-file checkpoint (one process, DDP); sharded runs save with :meth:`save`."""
+        return self._progress_state() | {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
     def load_state_dict(self, sd: dict[str, Any], *, as_branch: bool = False) -> None:
         from coqat.quant import load_state_dict_checked
 
-        if sd.get("quantized") and not self.quantized:
+        if sd.get("quantized") and not self.quantized and self.sharded:
+            self._quantize_sharded(carry=False)
+        elif sd.get("quantized") and not self.quantized:
             from coqat.quant import prepare
 
             prepare(self.model, self.quant_config)
             self.quantized = True
             self._params = None
             self.optimizer = self._make_optimizer()
-        load_state_dict_checked(self.model, sd["model"])
-        self.optimizer.load_state_dict(sd["optimizer"])
+        if sd.get("sharded"):  # written by a sharded run: DCP reshards to this run's layout
+            load_sharded_state(sd["sharded"], self.model, self.optimizer)
+        elif self.sharded:  # a one-file checkpoint into a sharded model
+            from coqat.train.fsdp import load_full_state, optimizer_state_by_name
+
+            name = {id(p): n for n, p in self.model.named_parameters()}
+            order = [name[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
+            osd = optimizer_state_by_name(sd["optimizer"], order)
+            load_full_state(self.model, self.optimizer, sd["model"], osd)
+        else:
+            load_state_dict_checked(self.model, sd["model"])
+            self.optimizer.load_state_dict(sd["optimizer"])
         self.step = int(sd["step"])
         set_rng_state(sd["rng"])
         if not as_branch:
@@ -321,9 +417,34 @@ class Trainer:
             self.wall = dict(sd.get("wall", self.wall))
 
     def save(self, path: Path) -> None:
-        if self.dist.main:
+        t0 = self.clock.begin()
+        if self.sharded:  # every rank writes its shards (coqat.train.checkpoint)
+            save_sharded_checkpoint(
+                path, self._progress_state(), self.model, self.optimizer, self.dist
+            )
+        elif self.dist.main:
             save_checkpoint(path, self.state_dict())
         barrier(self.dist)
+        self.clock.end("checkpoint", t0)
+
+    def final_weights(self) -> dict[str, torch.Tensor] | None:
+        """The unsharded weights on rank 0 (None on other ranks); a collective when sharded."""
+        if self.sharded:
+            from coqat.train.fsdp import full_state_dict
+
+            sd = full_state_dict(self.model, cpu=True)
+            return sd if self.dist.main else None
+        return self.model.state_dict() if self.dist.main else None
+
+    def run_info(self) -> dict[str, Any]:
+        """How the run was spread and where its time went (coqat.train.timing)."""
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.cuda else None
+        return {
+            "world_size": self.dist.world,
+            "dist_strategy": self.strategy,
+            **self.clock.summary(self.plan.tokens_per_step),
+            "peak_memory_gib": peak,
+        }
 
 
 def _log_every(plan: PhasePlan) -> int:
@@ -347,11 +468,13 @@ def _run_steps(
     limit = cfg.divergence_factor * math.log(cfg.model.vocab_size)
     t0 = time.perf_counter()
     last_t, last_step = t0, tr.step
+    tr.clock.start(tr.step)
     while tr.step < until:
         loss, gnorm, lr = tr.train_step()
         s = tr.step
         if s % every == 0 or s == until:
             lv = float(loss)
+            tr.clock.lap(s)
             now = time.perf_counter()
             tps = (s - last_step) * tr.plan.tokens_per_step / max(now - last_t, 1e-9)
             last_t, last_step = now, s
@@ -395,7 +518,7 @@ def _schedule_points(
 
 # settings a resumed run may change: where the data lives, how it runs, how often it reports
 RESUME_FREE = ("data.path", "data.verify", "device", "compile", "compile_mode", "eval_every",
-               "checkpoint_every")
+               "checkpoint_every", "dist.strategy", "dist.param_dtype")
 
 
 def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
@@ -520,6 +643,7 @@ def execute(
     else:
         final = float("nan")
     result = _result_record(tr, status, final)
+    weights = tr.final_weights() if status == "done" else None  # a collective when sharded
     if not main:
         log.close()
         barrier(tr.dist)
@@ -528,11 +652,11 @@ def execute(
         # keep the final weights for export; the optimizer state is no longer needed
         save_checkpoint(
             run_dir / "model.pt",
-            {"model": tr.model.state_dict(), "quantized": tr.quantized, "config": to_dict(cfg)},
+            {"model": weights, "quantized": tr.quantized, "config": to_dict(cfg)},
         )
     # result.json marks the run complete: written after the weights, before the checkpoint goes
     atomic_write_text(result_path, json.dumps(result, indent=2) + "\n")
-    ckpt.unlink(missing_ok=True)
+    remove_checkpoint(ckpt)
     log.close()
     barrier(tr.dist)
     return result
@@ -559,6 +683,7 @@ def _result_record(tr: Trainer, status: str, final: float) -> dict[str, Any]:
         "wall_fp": tr.wall.get("fp", 0.0),
         "wall_qat": tr.wall.get("qat", 0.0),
         "tokens_per_s": plan.tokens / wall_total if wall_total > 0 else float("nan"),
+        **tr.run_info(),
         "device": torch.cuda.get_device_name() if tr.cuda else "cpu",
         "host": socket.gethostname(),
         "commit": git_commit(),
