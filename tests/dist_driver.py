@@ -52,7 +52,7 @@ def partial(cfg, run_dir: Path, stop: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    from coqat.train.distributed import barrier, init_distributed
+    from coqat.train.distributed import barrier, init_distributed, shutdown_distributed
     from coqat.train.run import execute
 
     data, out, args = argv[0], Path(argv[1]), argv[2:]
@@ -72,6 +72,7 @@ def main(argv: list[str]) -> None:
             barrier(info)
         else:
             raise SystemExit(f"unknown mode {mode!r}")
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

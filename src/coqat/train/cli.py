@@ -132,7 +132,12 @@ def _train(args: argparse.Namespace) -> int:
     from coqat.train.run import execute
 
     cfg = load_run_config(args.config, tuple(_overrides(args)))
-    res = execute(cfg, Path(args.out), resume=not args.no_resume, progress=True)
+    from coqat.train.distributed import shutdown_distributed
+
+    try:
+        res = execute(cfg, Path(args.out), resume=not args.no_resume, progress=True)
+    finally:
+        shutdown_distributed()
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun: rank 0 reports
         pass
     elif args.json:

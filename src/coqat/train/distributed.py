@@ -66,6 +66,14 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(rank=rank, world=world, local_rank=local)
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group (if one was joined): a process that exits with gloo's or NCCL's
+    threads still running can abort ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def resolve_strategy(
     strategy: str, n_params: int, world: int, device_memory: int | None
 ) -> str:
