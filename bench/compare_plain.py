@@ -354,6 +354,16 @@ def tables(done: list[dict]) -> str:
     return "\n".join(L)
 
 
+def _device_names() -> str:
+    """GPU names from nvidia-smi (no CUDA context in this parent process)."""
+    try:
+        cmd = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        return "; ".join(r.stdout.strip().splitlines()) or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no nvidia-smi)"
+
+
 def _fmt(v) -> str:
     if not v:
         return "-"
@@ -431,7 +441,7 @@ def main() -> int:
     prov = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "commit": git_commit(), "gpus": gpus,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "device": _device_names(),
         "torch": torch.__version__, "command": " ".join(sys.argv), "peak_tflops": PEAK_TFLOPS,
         "flops_per_token": "6*(N_linear + N_embedding) + 6*L*T*d (coqat.model.flops_per_token)",
         "data": a.data, "plain_loop": a.plain,

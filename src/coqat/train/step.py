@@ -191,7 +191,7 @@ class StepRunner:
             return out[0], out[1]
         if self.graph is None:
             try:
-                self.graph, self.out = capture(lambda: self._update(tr), tr.device)
+                self.graph, self.out = capture(lambda: self._update(tr))
             except Exception as e:  # noqa: BLE001 - the run goes on without graphs
                 warnings.warn(
                     f"capturing the training step in a CUDA graph failed ({type(e).__name__}: "
@@ -235,14 +235,13 @@ def on_side_stream(fn: Any, device: torch.device) -> Any:
     return out
 
 
-def capture(fn: Any, device: torch.device) -> tuple[Any, torch.Tensor]:
+def capture(fn: Any) -> tuple[Any, torch.Tensor]:
     """Capture ``fn`` (device work returning a tensor) in a CUDA graph without running it;
     returns the graph and ``fn``'s output tensor, which every replay overwrites."""
-    torch.cuda.synchronize(device)
-    torch.cuda.empty_cache()  # the warm-up's cached blocks go back; the graph's pool takes them
     graph = torch.cuda.CUDAGraph()
-    # thread_local: other threads of the process (a sweep worker's heartbeat, a progress
-    # monitor) may use CUDA meanwhile without invalidating the capture
+    # entering torch.cuda.graph synchronizes and empties the allocator's cache (the warm-up's
+    # blocks go back; the graph's private pool takes the step's memory). thread_local: other
+    # threads of the process (a sweep worker's heartbeat) may use CUDA without invalidating it
     with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         out = fn()
     return graph, out
