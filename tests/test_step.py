@@ -59,13 +59,15 @@ def _losses(run_dir):
 
 
 def test_device_batches_train_exactly_as_host_batches(tiny_data, tmp_path):
-    host = tiny_run_config(tiny_data, **{"perf.batches": "host"})
-    dev = tiny_run_config(tiny_data, **{"perf.batches": "device"})
+    short = {"tokens": 8 * 32 * 16, "eval_every": 8 * 32 * 8}
+    host = tiny_run_config(tiny_data, **{"perf.batches": "host"}, **short)
+    dev = tiny_run_config(tiny_data, **{"perf.batches": "device"}, **short)
     a, b = _run(host, tmp_path / "h"), _run(dev, tmp_path / "d")
     assert a["loss"] == b["loss"] and a["loss_fp"] == b["loss_fp"]
     assert _losses(tmp_path / "h") == _losses(tmp_path / "d")
 
 
+@pytest.mark.slow
 def test_device_batches_resume_and_branch_exactly(tiny_data, tmp_path):
     from coqat.train.phases import plan_phases
     from coqat.train.run import execute, train_trunk
@@ -84,10 +86,11 @@ def test_device_batches_resume_and_branch_exactly(tiny_data, tmp_path):
 
 def test_plain_and_fused_kernels_train_alike(tiny_data, tmp_path):
     """Same mathematics, different summation order: close, not necessarily equal."""
-    a = _run(tiny_run_config(tiny_data, **{"perf.kernels": "plain"}), tmp_path / "p")
-    b = _run(tiny_run_config(tiny_data, **{"perf.kernels": "fused"}), tmp_path / "f")
-    assert math.isclose(a["loss"], b["loss"], rel_tol=1e-4)
-    assert math.isclose(a["loss_fp"], b["loss_fp"], rel_tol=1e-4)
+    short = {"tokens": 8 * 32 * 16, "eval_every": 8 * 32 * 8}
+    a = _run(tiny_run_config(tiny_data, **{"perf.kernels": "plain"}, **short), tmp_path / "p")
+    b = _run(tiny_run_config(tiny_data, **{"perf.kernels": "fused"}, **short), tmp_path / "f")
+    assert math.isclose(a["loss_fp"], b["loss_fp"], rel_tol=1e-5)
+    assert math.isclose(a["loss"], b["loss"], rel_tol=1e-3)  # after QAT: flipped codes amplify
 
 
 class _FakeGraph:

@@ -30,7 +30,7 @@ def chunk_tokens(vocab_size: int, chunk_logits: int | None = None) -> int:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, w, y, chunk: int, dtype: torch.dtype):  # noqa: ANN001
+    def forward(ctx, h, w, y, chunk: int, dtype: torch.dtype):
         n, vocab = h.shape[0], w.shape[0]
         wc = w.to(dtype)
         classes = torch.arange(vocab, device=h.device)
@@ -50,7 +50,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return total / n
 
     @staticmethod
-    def backward(ctx, grad_out):  # noqa: ANN001
+    def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
         return grad_h * grad_out.to(grad_h.dtype), grad_w * grad_out, None, None, None
 
