@@ -34,7 +34,11 @@ def measure(
     compile_mode: str = "default",
     embed_bits: str = "auto",
     profile: int = 0,
+    perf: dict | None = None,
 ) -> dict:
+    """One (size, bits) measurement; ``perf``: overrides of ``RunConfig.perf`` (kernels,
+    batches, cuda_graph), e.g. ``{"kernels": "plain", "batches": "host", "cuda_graph": "off"}``
+    for the step as it ran before coqat.train.step."""
     import torch
 
     from coqat.config import from_dict
@@ -59,6 +63,7 @@ def measure(
             "device": device,
             "compile": compile_,
             "compile_mode": compile_mode,
+            "perf": dict(perf or {}),
         },
     )
     tr = Trainer(cfg)
@@ -99,6 +104,8 @@ def measure(
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "model_tflops": fpt * tokens / dt / 1e12,
         "final_loss": float(loss),
+        "perf": {**vars(cfg.perf), "batches_used": tr.runner.batches.kind,
+                 "graph_captured": tr.runner.captured},
         **({"profile": kernels} if kernels is not None else {}),
     }
 
@@ -176,6 +183,9 @@ def main() -> None:
         "--profile", type=int, default=0, metavar="STEPS",
         help="also profile this many steps: GPU kernel time per step and the top kernels",
     )
+    ap.add_argument("--kernels", choices=["fused", "plain"], help="perf.kernels")
+    ap.add_argument("--batches", choices=["auto", "device", "host"], help="perf.batches")
+    ap.add_argument("--cuda-graph", choices=["auto", "on", "off"], help="perf.cuda_graph")
     ap.add_argument("--peak", type=float, default=790.0, help="peak TFLOP/s for MFU")
     ap.add_argument("--out", help="write results JSON here")
     args = ap.parse_args()
@@ -199,6 +209,8 @@ def main() -> None:
                 args.compile_mode,
                 args.embed_bits,
                 args.profile,
+                {k: v for k, v in (("kernels", args.kernels), ("batches", args.batches),
+                                   ("cuda_graph", args.cuda_graph)) if v},
             )
             r["mfu"] = r["model_tflops"] / args.peak
             rows.append(r)

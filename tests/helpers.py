@@ -25,6 +25,29 @@ def tiny_run_config(data_path, **over):
     return from_dict(RunConfig, apply_overrides(base, [f"{k}={v}" for k, v in over.items()]))
 
 
+def killed_at(step: int, cfg, run_dir) -> None:
+    """Run ``cfg`` in ``run_dir`` and kill it (KeyboardInterrupt) at training step ``step``."""
+    import pytest
+
+    from coqat.train import run as run_mod
+
+    calls = {"n": 0}
+    orig = run_mod.Trainer.train_step
+
+    def dying_step(self):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt("simulated kill")
+        return orig(self)
+
+    run_mod.Trainer.train_step = dying_step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_mod.execute(cfg, run_dir)
+    finally:
+        run_mod.Trainer.train_step = orig
+
+
 # ---------------------------------------------------------------- sweeps with the fake engine
 BASE = {
     "model": {"vocab_size": 512, "seq_len": 64},

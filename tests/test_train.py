@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from helpers import tiny_run_config
+from helpers import killed_at, tiny_run_config
 
 from coqat.errors import ConfigError
 from coqat.model import ladder, param_counts
@@ -131,27 +131,6 @@ def _val_losses(run_dir):
     return out
 
 
-def _killed_at(step: int, cfg, run_dir) -> None:
-    """Run ``cfg`` in ``run_dir`` and kill it (KeyboardInterrupt) at training step ``step``."""
-    from coqat.train import run as run_mod
-
-    calls = {"n": 0}
-    orig = run_mod.Trainer.train_step
-
-    def dying_step(self):
-        calls["n"] += 1
-        if calls["n"] == step:
-            raise KeyboardInterrupt("simulated kill")
-        return orig(self)
-
-    run_mod.Trainer.train_step = dying_step
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run_mod.execute(cfg, run_dir)
-    finally:
-        run_mod.Trainer.train_step = orig
-
-
 @pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])
 def test_exact_resume(tiny_data, tmp_path, fraction):
     """Kill after a checkpoint, resume: identical losses, bit for bit, to the uninterrupted run."""
@@ -159,7 +138,7 @@ def test_exact_resume(tiny_data, tmp_path, fraction):
 
     cfg = tiny_run_config(tiny_data, **{"qat.fraction": fraction, "checkpoint_every": 8 * 32 * 8})
     ref = run_mod.execute(cfg, tmp_path / "ref")
-    _killed_at(27, cfg, tmp_path / "killed")
+    killed_at(27, cfg, tmp_path / "killed")
     assert (tmp_path / "killed" / "checkpoint.pt").exists()
     assert not (tmp_path / "killed" / "result.json").exists()
     res = run_mod.execute(cfg, tmp_path / "killed")
@@ -225,7 +204,7 @@ def test_resume_refuses_another_configuration(tiny_data, tmp_path):
     from coqat.train import run as run_mod
 
     cfg = tiny_run_config(tiny_data, **{"qat.fraction": 0.5, "checkpoint_every": 8 * 32 * 8})
-    _killed_at(20, cfg, tmp_path / "r")
+    killed_at(20, cfg, tmp_path / "r")
     other = tiny_run_config(tiny_data, **{"qat.fraction": 0.3, "checkpoint_every": 8 * 32 * 8})
     with pytest.raises(ConfigError, match="qat.fraction: 0.5 -> 0.3"):
         run_mod.execute(other, tmp_path / "r")

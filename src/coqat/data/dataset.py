@@ -140,10 +140,15 @@ class BatchSampler:
         self.position = position
         self._offsets = np.arange(seq_len + 1, dtype=np.int64)
 
+    def starts(self, k: int) -> np.ndarray:
+        """Window starts (int64 ``[batch_size]``) of batch ``k``: ``batch(k)[i]`` is
+        ``tokens[starts[i] : starts[i] + seq_len + 1]``."""
+        rng = np.random.default_rng([self.seed, k])
+        return rng.integers(0, len(self.dataset) - self.seq_len, size=self.batch_size)
+
     def batch(self, k: int) -> np.ndarray:
         """Batch number ``k`` (no side effects)."""
-        rng = np.random.default_rng([self.seed, k])
-        starts = rng.integers(0, len(self.dataset) - self.seq_len, size=self.batch_size)
+        starts = self.starts(k)
         return self.dataset.tokens[starts[:, None] + self._offsets].astype(np.int64)
 
     def __iter__(self) -> Iterator[np.ndarray]:

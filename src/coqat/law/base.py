@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,6 +34,8 @@ class Law:
 
     name: ClassVar[str] = "base"
     depends_on_fraction: ClassVar[bool] = True
+    #: ``_terms`` broadcasts parameter vectors of shape ``(S, 1)`` against ``(S, m)`` features
+    batched: ClassVar[bool] = True
     _spec: list[tuple[str, bool, float, float, float, float]] = []
 
     def __init__(self, params: dict[str, float] | None = None):
@@ -133,6 +136,38 @@ class Law:
     def _check_predictable(self, F: dict[str, Any]) -> None:
         pass
 
+    def predict_samples(self, X: Any, N: Any, D_fp: Any, D_qat: Any, bits: Any) -> np.ndarray:
+        """Predicted loss under many parameter vectors at once (e.g. the point estimate and its
+        bootstrap samples): ``X`` is ``(S, n_params)`` internal vectors (as ``bootstrap_``); the
+        inputs broadcast to ``(m,)`` (every vector at the same points) or ``(S, m)`` (row ``s``
+        at its own points). Returns ``(S, m)``; equals ``with_x(X[s]).predict(...)`` row by row.
+        """
+        X = np.atleast_2d(np.asarray(X, float))
+        S = X.shape[0]
+        arrs = np.broadcast_arrays(*(np.asarray(a, float) for a in (N, D_fp, D_qat, bits)))
+        if arrs[0].ndim > 2 or (arrs[0].ndim == 2 and arrs[0].shape[0] not in (1, S)):
+            raise ValueError(f"inputs must broadcast to (m,) or ({S}, m), got {arrs[0].shape}")
+        rows = [np.atleast_2d(a) for a in arrs]  # () and (m,) become (1, m)
+        shape = (S, rows[0].shape[1])
+        full = [np.broadcast_to(a, shape) for a in rows]
+        F = features(*full)
+        self._check_predictable(F)
+        if not self.batched:  # terms index parameters per group: one vector at a time
+            one = [self.with_x(x).predict(*(a[s] for a in full)) for s, x in enumerate(X)]
+            return np.stack(one)
+        F = {k: v.reshape(shape) if isinstance(v, np.ndarray) and v.shape == (F["n"],) else v
+             for k, v in F.items()}
+        F["n"] = shape
+        return np.exp(self._logpred(X.T[:, :, None], F))
+
+    def samples_x(self, with_bootstrap: bool = True) -> np.ndarray:
+        """``(1 + n_boot, n_params)``: the point estimate, then the bootstrap samples (if any and
+        ``with_bootstrap``), for :meth:`predict_samples`."""
+        x = self.x_[None, :]
+        if with_bootstrap and self.bootstrap_ is not None:
+            return np.concatenate([x, np.asarray(self.bootstrap_, float)])
+        return x
+
     def predict_runs(self, runs: Runs) -> np.ndarray:
         return self.predict(runs.N, runs.D_fp, runs.D_qat, runs.bits)
 
@@ -177,7 +212,6 @@ class Law:
         if not 0 < level < 1:
             raise ConfigError("level", f"must be in (0, 1), got {level!r}")
         value = fn(self)
-        out: dict[str, Any] = {"value": value, "lo": None, "hi": None, "level": level, "n": 0}
         vals = []
         for lw in self.bootstrap_laws():
             try:
@@ -185,21 +219,7 @@ class Law:
             except (ConfigError, ArithmeticError, ValueError):
                 continue
             vals.append(v)
-        if vals:
-            V = np.stack(vals)
-            q = 100 * (1 - level) / 2
-            with np.errstate(all="ignore"):
-                lo, hi = np.nanpercentile(V, [q, 100 - q], axis=0)
-                # between two infinite samples (e.g. "never reaches that loss": inf tokens) the
-                # interpolation gives inf - inf = NaN; the nearest sample is the answer there
-                near = np.nanpercentile(V, [q, 100 - q], axis=0, method="nearest")
-                lo, hi = np.where(np.isnan(lo), near[0], lo), np.where(np.isnan(hi), near[1], hi)
-            out.update(
-                lo=lo.item() if lo.ndim == 0 else lo,
-                hi=hi.item() if hi.ndim == 0 else hi,
-                n=int(np.isfinite(V).all(axis=tuple(range(1, V.ndim))).sum()),
-            )
-        return out
+        return percentile_ci(value, np.stack(vals) if vals else None, level)
 
     def param_cis(self, level: float = 0.9) -> dict[str, list[float]]:
         if self.bootstrap_ is None:
@@ -282,3 +302,26 @@ class Law:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(params={self.params_})"
+
+
+def percentile_ci(value: Any, V: np.ndarray | None, level: float) -> dict[str, Any]:
+    """``{"value", "lo", "hi", "level", "n"}`` from samples ``V`` (one per row; NaN entries are
+    ignored column by column; ``n`` counts the all-finite rows); lo/hi are None without samples."""
+    out: dict[str, Any] = {"value": value, "lo": None, "hi": None, "level": level, "n": 0}
+    if V is None or len(V) == 0:
+        return out
+    V = np.asarray(V, float)
+    q = 100 * (1 - level) / 2
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: its interval is NaN
+        lo, hi = np.nanpercentile(V, [q, 100 - q], axis=0)
+        # between two infinite samples (e.g. "never reaches that loss": inf tokens) the
+        # interpolation gives inf - inf = NaN; the nearest sample is the answer there
+        near = np.nanpercentile(V, [q, 100 - q], axis=0, method="nearest")
+    lo, hi = np.where(np.isnan(lo), near[0], lo), np.where(np.isnan(hi), near[1], hi)
+    out.update(
+        lo=lo.item() if lo.ndim == 0 else lo,
+        hi=hi.item() if hi.ndim == 0 else hi,
+        n=int(np.isfinite(V).all(axis=tuple(range(1, V.ndim))).sum()),
+    )
+    return out

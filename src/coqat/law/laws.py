@@ -170,6 +170,7 @@ class PerBitChinchilla(Law):
 
     name = "per-bit-chinchilla"
     depends_on_fraction = False
+    batched = False
 
     def __init__(self, params=None, groups=None):
         self.groups: list[float] = []

@@ -4,6 +4,12 @@ Every weight matrix lives in a :class:`Linear` or the tied :class:`Embedding`. B
 weight through :meth:`effective_weight`, which applies ``weight_quantizer`` when one is attached:
 ``coqat.quant.prepare`` attaches fake quantizers there and ``coqat.quant.convert`` removes them,
 so quantization never forks this file.
+
+``Llama.kernels`` chooses how the same mathematics runs (the module tree and state dict are the
+same either way): ``"plain"`` (the default) multiplies by each matrix on its own and computes the
+loss from full logits; ``"fused"`` (what the trainer uses) concatenates the effective weights of
+q/k/v and of gate/up into one matmul each and computes the loss with
+:func:`coqat.model.loss.linear_cross_entropy` (chunks of tokens, no logits kept).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from coqat.model.config import ModelConfig
+from coqat.model.loss import linear_cross_entropy
 
 
 class Linear(nn.Linear):
@@ -75,15 +82,22 @@ class Attention(nn.Module):
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
         self.wq, self.wk, self.wv, self.wo = (Linear(d, d) for _ in range(4))
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, fused: bool = False
+    ) -> torch.Tensor:
         b, t, d = x.shape
 
         def heads(y: torch.Tensor) -> torch.Tensor:
             return y.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
 
-        q = apply_rope(heads(self.wq(x)), cos, sin)
-        k = apply_rope(heads(self.wk(x)), cos, sin)
-        y = F.scaled_dot_product_attention(q, k, heads(self.wv(x)), is_causal=True)
+        if fused:  # one matmul for q, k and v (the concatenated rows of the three weights)
+            w = torch.cat([m.effective_weight() for m in (self.wq, self.wk, self.wv)])
+            xq, xk, xv = F.linear(x, w).split(d, dim=-1)
+        else:
+            xq, xk, xv = self.wq(x), self.wk(x), self.wv(x)
+        q = apply_rope(heads(xq), cos, sin)
+        k = apply_rope(heads(xk), cos, sin)
+        y = F.scaled_dot_product_attention(q, k, heads(xv), is_causal=True)
         return self.wo(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -94,7 +108,11 @@ class SwiGLU(nn.Module):
         self.w3 = Linear(cfg.d_model, cfg.hidden)  # up
         self.w2 = Linear(cfg.hidden, cfg.d_model)  # down
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        if fused:  # one matmul for gate and up
+            w = torch.cat([self.w1.effective_weight(), self.w3.effective_weight()])
+            gate, up = F.linear(x, w).chunk(2, dim=-1)
+            return self.w2(F.silu(gate) * up)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
@@ -106,18 +124,21 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
-        return x + self.mlp(self.mlp_norm(x))
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, fused: bool = False
+    ) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, fused)
+        return x + self.mlp(self.mlp_norm(x), fused)
 
 
 class Llama(nn.Module):
     """Decoder-only LM. ``forward(idx, targets)`` returns the mean cross-entropy when targets are
     given, else the logits."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, kernels: str = "plain"):
         super().__init__()
         self.cfg = cfg
+        self.kernels = kernels  # "plain" or "fused" (module doc); not part of the state dict
         self.embed = Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -140,12 +161,16 @@ class Llama(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         t = idx.shape[1]
+        fused = self.kernels == "fused"
         emb = self.embed.effective_weight()
         x = F.embedding(idx, emb)
         cos, sin = self.rope_cos[:t], self.rope_sin[:t]
         for block in self.layers:
-            x = block(x, cos, sin)
-        logits = F.linear(self.norm(x), emb)
+            x = block(x, cos, sin, fused)
+        h = self.norm(x)
+        if targets is not None and fused:
+            return linear_cross_entropy(h, emb, targets)
+        logits = F.linear(h, emb)
         if targets is None:
             return logits
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))

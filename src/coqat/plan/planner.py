@@ -3,6 +3,8 @@ token-equivalents, each with bootstrap CIs when the law carries bootstrap sample
 
 Pure numpy: the scalar optimisation/root finding uses ``coqat.plan._opt`` (grid-bracketed golden
 section and a bracketed Illinois root finder) so the CLI never pays scipy.optimize's import time.
+Intervals evaluate the point estimate and every bootstrap sample together
+(``Law.predict_samples``): one vectorized solver iteration for all of them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 
 from coqat.errors import ConfigError
 from coqat.law.runs import QUANT_BITS, check_bits
-from coqat.plan._opt import minimize_bounded, root_log
+from coqat.plan._opt import minimize_bounded_rows, root_log, root_log_rows
 
 NEEDS_FIT = (
     "loss predictions need a fitted loss law (pass --law FILE from `coqat fit`, or --law "
@@ -83,9 +85,46 @@ def _ci(law: Any, fn: Any, level: float | None) -> dict[str, Any]:
     return law.ci(fn, level)
 
 
-def _fstar(law: Any, N: float, D: float, bits: float) -> tuple[float, float]:
-    x, y = minimize_bounded(lambda f: law.loss_at_fraction(N, D, bits, f))
-    return float(x), float(y)
+def _samples(law: Any, level: float | None) -> np.ndarray:
+    """The law's parameter vectors for a batched evaluation: the point estimate first, then the
+    bootstrap samples when an interval is asked for."""
+    if level is not None and not 0 < level < 1:
+        raise ConfigError("level", f"must be in (0, 1), got {level!r}")
+    return law.samples_x(with_bootstrap=level is not None)
+
+
+def _ci_rows(V: np.ndarray, level: float | None) -> dict[str, Any]:
+    """Point value (row 0) and percentile interval over the bootstrap rows (rows 1...), as
+    ``Law.ci`` gives for the same quantity computed one law at a time."""
+    from coqat.law.base import percentile_ci
+
+    if level is None:
+        return {"value": V[0], "lo": None, "hi": None, "level": level, "n": 0}
+    return percentile_ci(V[0], V[1:], level)
+
+
+def _fstar_rows(law: Any, X: np.ndarray, N: float, D: float, b: float):
+    """f* and the loss there for every parameter vector in ``X`` (golden section, vectorized)."""
+    return minimize_bounded_rows(
+        lambda F: law.predict_samples(X, N, (1.0 - F) * D, F * D, b), len(X)
+    )
+
+
+def _token_equivalent_rows(
+    law: Any, X: np.ndarray, loss: np.ndarray, N: float, b: float, f: float,
+    D_range: tuple[float, float] = (1e3, 1e18),
+) -> np.ndarray:  # fmt: skip
+    """:func:`token_equivalent` for every parameter vector in ``X`` (row r at ``loss[r]``)."""
+
+    def g(D: np.ndarray) -> np.ndarray:
+        D = D[:, None]
+        return law.predict_samples(X, N, (1 - f) * D, f * D, b)[:, 0] - loss
+
+    lo, hi = D_range
+    out = root_log_rows(g, len(X), lo, hi)
+    with np.errstate(invalid="ignore"):
+        out[g(np.full(len(X), hi)) > 0] = np.inf
+    return out
 
 
 def token_equivalent(
@@ -176,13 +215,14 @@ def optimal_fraction(
         )
         return out
 
-    def quantities(lw: Any) -> np.ndarray:
-        f, L = _fstar(lw, N, D, b)
-        Lb = float(lw.loss_at_fraction(N, D, b, baseline))
-        Db = token_equivalent(lw, L, N, b, baseline)
-        return np.array([f, L, Lb, Lb - L, Db / D - 1.0])
-
-    c = _ci(law, quantities, level)
+    # every quantity for the point estimate and all bootstrap samples at once (row 0 = estimate)
+    X = _samples(law, level)
+    f, L = _fstar_rows(law, X, N, D, b)
+    Lb = law.predict_samples(X, N, (1 - baseline) * D, baseline * D, b)[:, 0]
+    Db = _token_equivalent_rows(law, X, L, N, b, baseline)
+    V = np.stack([f, L, Lb, Lb - L, Db / D - 1.0], axis=1)
+    V[~(np.isfinite(L) & (L > 0))] = np.nan  # token_equivalent refuses such a loss
+    c = _ci_rows(V, level)
     names = ["f_opt", "loss_opt", "loss_baseline", "regret_loss", "extra_tokens"]
     for i, n in enumerate(names):
         out[n] = float(c["value"][i])
@@ -212,11 +252,15 @@ def fp_equivalent(
     if not 0 <= f <= 1:
         raise ConfigError("f", f"must be in [0, 1], got {f!r}")
 
-    def nfp(lw: Any) -> float:
-        Lq = float(lw.loss_at_fraction(N, D, b, f))
-        return root_log(lambda n: float(lw.predict(n, D, 0.0, 16)) - Lq, N * 1e-6, N * 1e3)
-
-    c = _ci(law, nfp, level)
+    X = _samples(law, level)
+    Lq = law.predict_samples(X, N, (1.0 - f) * D, f * D, b)[:, 0]
+    c = _ci_rows(
+        root_log_rows(
+            lambda n: law.predict_samples(X, n[:, None], D, 0.0, 16)[:, 0] - Lq,
+            len(X), N * 1e-6, N * 1e3,
+        ),
+        level,
+    )  # fmt: skip
     v = float(c["value"])
     return {
         "N": N,
@@ -296,5 +340,8 @@ def loss_curve(
 ) -> dict[str, Any]:
     """Predicted loss vs QAT fraction on a grid, with a bootstrap band if available."""
     f = np.linspace(0, 1, n)
-    c = _ci(law, lambda lw: lw.loss_at_fraction(N, D, bits, f), level)
+    if not hasattr(law, "predict_samples"):
+        c = _ci(law, lambda lw: lw.loss_at_fraction(N, D, bits, f), level)
+    else:
+        c = _ci_rows(law.predict_samples(_samples(law, level), N, (1 - f) * D, f * D, bits), level)
     return {"f": f, "loss": c["value"], "lo": c["lo"], "hi": c["hi"]}

@@ -167,6 +167,29 @@ class DistConfig:
 
 
 @dataclass(frozen=True)
+class PerfConfig:
+    """How the training step runs on the device (docs/train.md, "The training step"). None of
+    these settings changes what is trained beyond floating-point rounding.
+
+    ``kernels``: ``fused`` = the output projection and the cross-entropy in chunks of tokens
+    without keeping the logits, q/k/v and gate/up as one matmul each (same mathematics, less
+    memory traffic); ``plain`` = one matmul per weight and the loss from full fp32 logits.
+    ``batches``: ``device`` = the train split copied to the accelerator once and every batch
+    gathered there (the same windows as on the host: batch k depends only on the seed and k);
+    ``host`` = gathered from the memory-mapped file and copied each step; ``auto`` = device on
+    CUDA when the split takes at most a quarter of the free device memory, else host.
+    ``cuda_graph``: capture the whole step (forward, backward, clipping, AdamW) in one CUDA graph
+    after a few eager steps and replay it (no per-step host work beyond the batch's window starts
+    and the learning rate); ``auto`` = on for a single-process CUDA run of a model below 60M
+    parameters with ``compile_mode = default`` (above that the GPU hides the host anyway).
+    """
+
+    kernels: Literal["fused", "plain"] = "fused"
+    batches: Literal["auto", "device", "host"] = "auto"
+    cuda_graph: Literal["auto", "on", "off"] = "auto"
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything that defines one run. Its hash (with code and data versions) keys the run."""
 
@@ -187,6 +210,7 @@ class RunConfig:
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA
     divergence_factor: float = 1.5  # diverged if loss > factor * ln(vocab) or NaN/Inf
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
     def __post_init__(self) -> None:
         check(self.tokens > 0, "tokens", f"must be > 0, got {self.tokens}")
@@ -194,6 +218,13 @@ class RunConfig:
             not self.size or self.size in LADDER,
             "size",
             f"unknown size {self.size!r}; choose one of {list(LADDER)}",
+        )
+        check(
+            not (self.perf.cuda_graph == "on" and self.compile_mode == "reduce-overhead"),
+            "perf.cuda_graph",
+            "'on' captures the whole step itself; with compile_mode 'reduce-overhead' "
+            "torch.compile captures forward and backward: choose one (perf.cuda_graph=off or "
+            "compile_mode=default)",
         )
         check(self.eval_every >= 0, "eval_every", "must be >= 0")
         check(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")

@@ -224,5 +224,5 @@ def trunk_identity(cfg: RunConfig) -> dict:
         "warmup": cfg.schedule.warmup,
         "tokens": cfg.tokens,
         "seed": cfg.seed,
-        "numerics": [cfg.device, cfg.compile, cfg.precision],
+        "numerics": [cfg.device, cfg.compile, cfg.precision, cfg.perf.kernels],
     }

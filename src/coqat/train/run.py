@@ -51,6 +51,7 @@ from coqat.train.phases import (
     plan_phases,
     run_accounting,
 )
+from coqat.train.step import StepRunner
 from coqat.train.timing import Clock
 
 CHECKPOINT = "checkpoint.pt"
@@ -163,7 +164,7 @@ class Trainer:
             self.train_ds, cfg.optim.batch_size, cfg.model.seq_len, seed=cfg.seed
         )
         torch.manual_seed(cfg.seed)
-        self.model = Llama(cfg.model).to(self.device)
+        self.model = Llama(cfg.model, kernels=cfg.perf.kernels).to(self.device)
         # 'none' (one process), 'ddp' or 'fsdp' (coqat.train.distributed, coqat.train.fsdp)
         self.strategy = resolve_strategy(
             cfg.dist.strategy, param_counts(cfg.model).total, self.dist.world,
@@ -188,6 +189,7 @@ class Trainer:
         if cfg.device != "cpu" and self.cuda:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        self.runner = StepRunner(self, rows_for_rank(cfg.optim.batch_size, self.dist))
 
     # ----------------------------------------------------------------------------- pieces
     @property
@@ -243,6 +245,7 @@ class Trainer:
         )
         self.quantized = True
         self._params = None
+        self.runner.reset()
         self.optimizer = self._make_optimizer()
         if carry:
             move_optimizer_state(old_model, old_opt, self.model, self.optimizer)
@@ -256,6 +259,7 @@ class Trainer:
         prepare(self.model, self.quant_config)
         self.quantized = True
         self._params = None
+        self.runner.reset()
         if self.cfg.qat.carry_optimizer and self.step > 0:
             scales = [p for n, p in self.model.named_parameters() if "weight_quantizer" in n]
             group = next(g for g in self.optimizer.param_groups if g["name"] == "no_decay")
@@ -291,17 +295,25 @@ class Trainer:
         return self._params
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One optimizer step on batch ``self.step``: (loss, gradient norm, learning rate); the
+        first two are device tensors (reading them waits for the GPU). ``coqat.train.step``
+        says how the step runs."""
+        lr = self.cfg.optim.lr * lr_multiplier(self.cfg, self.plan, self.step)
+        total, gnorm = self.runner.step(self, self.step, lr)
+        self.step += 1
+        return total, gnorm, lr
+
+    def _update(self, xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, backward, clipping and AdamW on this process's rows ``xy`` (int64
+        ``[rows, seq_len + 1]`` on the device) at the optimizer's current learning rate."""
         cfg = self.cfg
-        lr = cfg.optim.lr * lr_multiplier(cfg, self.plan, self.step)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-        batch = self.sampler.batch(self.step)[rows_for_rank(cfg.optim.batch_size, self.dist)]
-        micro = min(cfg.optim.micro, len(batch))
-        n_micro = len(batch) // micro
+        micro = min(cfg.optim.micro, len(xy))
+        n_micro = len(xy) // micro
         fn = self.loss_fn()
         total = torch.zeros((), device=self.device)
         for i in range(n_micro):
-            x, y = self._to_device(batch[i * micro : (i + 1) * micro])
+            t = xy[i * micro : (i + 1) * micro]
+            x, y = t[:, :-1], t[:, 1:]
             with self._autocast():
                 loss = fn(self.model, x, y)
             (loss / n_micro).backward()
@@ -316,8 +328,7 @@ class Trainer:
             gnorm = torch.zeros((), device=self.device)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        return total, gnorm, lr
+        return total, gnorm
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module | None = None) -> float:
@@ -383,7 +394,7 @@ class Trainer:
         """A one-file checkpoint (one process, DDP); sharded runs save with :meth:`save`."""
         return self._progress_state() | {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.runner.optimizer_state(self.optimizer),
         }
 
     def load_state_dict(self, sd: dict[str, Any], *, as_branch: bool = False) -> None:
@@ -410,6 +421,7 @@ class Trainer:
         else:
             load_state_dict_checked(self.model, sd["model"])
             self.optimizer.load_state_dict(sd["optimizer"])
+        self.runner.reset()
         self.step = int(sd["step"])
         set_rng_state(sd["rng"])
         if not as_branch:
@@ -518,7 +530,8 @@ def _schedule_points(
 
 # settings a resumed run may change: where the data lives, how it runs, how often it reports
 RESUME_FREE = ("data.path", "data.verify", "device", "compile", "compile_mode", "eval_every",
-               "checkpoint_every", "dist.strategy", "dist.param_dtype")
+               "checkpoint_every", "dist.strategy", "dist.param_dtype", "perf.kernels",
+               "perf.batches", "perf.cuda_graph")
 
 
 def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
