@@ -11,10 +11,10 @@ from contextlib import nullcontext
 import numpy as np
 import pytest
 import torch
+from helpers import killed_at, tiny_run_config
 
 from coqat.data import BatchSampler, TokenDataset
 from coqat.errors import ConfigError
-from helpers import killed_at, tiny_run_config
 
 
 class _Split:
