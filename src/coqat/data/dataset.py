@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,10 +83,7 @@ class TokenDataset:
     @property
     def data_hash(self) -> str:
         """16 hex chars identifying tokenizer + every split's contents (for run keys)."""
-        h = hashlib.sha256(self.manifest.tokenizer_sha256.encode())
-        for name in sorted(self.manifest.splits):
-            h.update(f"\0{name}:{self.manifest.splits[name].sha256}".encode())
-        return h.hexdigest()[:16]
+        return self.manifest.data_hash
 
     def load_tokenizer(self):
         """The directory's tokenizer (``tokenizers.Tokenizer``)."""

@@ -402,26 +402,69 @@ RESUME_FREE = ("data.path", "data.verify", "device", "compile", "compile_mode", 
                "checkpoint_every")
 
 
-def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
-    """Refuse to resume ``run_dir``'s checkpoint under a configuration that trains differently
-    from the one saved beside it (another fraction, a changed default, ...): the result would
-    belong to neither. Settings in RESUME_FREE may differ."""
+def _changed_fields(run_dir: Path, cfg: RunConfig) -> list[str] | None:
+    """Settings of ``cfg`` (outside RESUME_FREE) that differ from ``run_dir/config.json``, as
+    ``key: saved -> now``; None when the folder has no config.json."""
     path = run_dir / "config.json"
     if not path.exists():
-        return
-    saved, now = flatten(json.loads(path.read_text())), flatten(to_dict(cfg))
+        return None
+    try:
+        saved = flatten(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise CoqatError(f"{path}: unreadable ({e}); train in a new folder") from None
+    now = flatten(to_dict(cfg))
     missing = "(not set)"
-    changed = [
+    return [
         f"{k}: {saved.get(k, missing)!r} -> {now.get(k, missing)!r}"
         for k in sorted(set(saved) | set(now))
         if k not in RESUME_FREE and saved.get(k, missing) != now.get(k, missing)
     ]
+
+
+def _check_resume_config(run_dir: Path, cfg: RunConfig, what: str = "a checkpoint") -> None:
+    """Refuse to resume ``run_dir``'s checkpoint (or return its finished result) under a
+    configuration that trains differently from the one saved beside it (another fraction, a
+    changed default, ...): the result would belong to neither. Settings in RESUME_FREE may
+    differ."""
+    changed = _changed_fields(run_dir, cfg)
     if changed:
         raise ConfigError(
             "resume",
-            f"{run_dir} holds a checkpoint of another configuration ({'; '.join(changed)}); "
-            "resume with the saved settings (its config.json) or train in a new folder",
+            f"{run_dir} holds {what} of another configuration ({'; '.join(changed)}); "
+            "resume with the saved settings (its config.json), train in a new folder or pass "
+            "--no-resume to start over",
         )
+
+
+def _finished_result(run_dir: Path, cfg: RunConfig) -> dict[str, Any]:
+    """The saved result of the finished run in ``run_dir``, after checking that it is a run of
+    ``cfg`` (config.json, else the result's config hash) on ``cfg``'s data (manifest hash)."""
+    path = run_dir / "result.json"
+    try:
+        result = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CoqatError(f"{path}: unreadable ({e}); delete it or pass --no-resume") from None
+    what = "a finished run"
+    if _changed_fields(run_dir, cfg) is None and result.get("config_hash") != config_hash(cfg):
+        raise ConfigError(
+            "resume",
+            f"{run_dir} holds {what} of another configuration (config hash "
+            f"{result.get('config_hash')} -> {config_hash(cfg)}; its config.json is missing); "
+            "train in a new folder or pass --no-resume to start over",
+        )
+    _check_resume_config(run_dir, cfg, what)
+    if cfg.data.path and result.get("data_hash"):
+        from coqat.data import load_manifest
+
+        now = load_manifest(cfg.data.path).data_hash
+        if now != result["data_hash"]:
+            raise ConfigError(
+                "data.path",
+                f"{run_dir} holds {what} trained on other data (data hash "
+                f"{result['data_hash']}, {cfg.data.path} has {now}); train in a new folder or "
+                "pass --no-resume to start over",
+            )
+    return result
 
 
 def execute(
@@ -442,7 +485,7 @@ def execute(
     run_dir.mkdir(parents=True, exist_ok=True)
     result_path = run_dir / "result.json"
     if resume and result_path.exists():
-        return json.loads(result_path.read_text())
+        return _finished_result(run_dir, cfg)
     ckpt = run_dir / CHECKPOINT
     if resume and ckpt.exists():
         _check_resume_config(run_dir, cfg)
