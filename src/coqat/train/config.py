@@ -25,7 +25,9 @@ class DataConfig:
 
     path: str = ""
     val_tokens: int = 262_144  # tokens of the validation split used for every evaluation
-    verify: Literal["full", "size"] = "size"
+    # checks of the token files against the manifest: "hash" = sha256, once per version of each
+    # file (cached); "full" = sha256 every time; "size" = the size only
+    verify: Literal["hash", "full", "size"] = "hash"
 
     def __post_init__(self) -> None:
         check(self.val_tokens > 0, "data.val_tokens", f"must be > 0, got {self.val_tokens}")
