@@ -50,3 +50,34 @@ def test_finished_run_refuses_other_data(tiny_data, tmp_path):
     (moved / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ConfigError, match="other data"):
         execute(tiny_run_config(moved, **{"data.verify": "size"}), tmp_path / "r")
+
+
+class _Payload:
+    """An object a weights-only load must not build."""
+
+
+def test_checkpoints_load_weights_only(tmp_path):
+    """Checkpoints hold tensors and plain data and load with weights_only=True; one written
+    before the numpy RNG state was stored as a tensor still loads; anything else is refused
+    with the file named."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from coqat.errors import CoqatError
+    from coqat.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+    np.random.seed(3)
+    save_checkpoint(tmp_path / "new.pt", {"rng": rng_state(), "w": torch.ones(2)})
+    want = np.random.rand()
+    np.random.seed(4)
+    set_rng_state(load_checkpoint(tmp_path / "new.pt")["rng"])
+    assert np.random.rand() == want
+    old = {"python": random.getstate(), "numpy": np.random.get_state(),
+           "torch": torch.get_rng_state()}  # fmt: skip
+    save_checkpoint(tmp_path / "old.pt", {"rng": old})
+    set_rng_state(load_checkpoint(tmp_path / "old.pt")["rng"])
+    torch.save({"x": _Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(CoqatError, match="evil.pt: not a readable checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")

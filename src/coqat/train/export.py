@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from coqat.config import from_dict
 from coqat.errors import CoqatError
 from coqat.model.llama import Llama
@@ -17,11 +15,12 @@ from coqat.train.config import RunConfig
 def load_run_model(run_dir: Path) -> tuple[Llama, RunConfig, bool]:
     """The final model of a finished run (fake quantizers attached if it ended in QAT)."""
     from coqat.quant import load_state_dict_checked, prepare
+    from coqat.train.checkpoint import load_checkpoint
 
     path = run_dir / "model.pt"
     if not path.exists():
         raise CoqatError(f"run: {run_dir} has no model.pt (is the run finished?)")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = load_checkpoint(path, hint="train the run again (--no-resume)")
     cfg = from_dict(RunConfig, blob["config"])
     model = Llama(cfg.model)
     if blob["quantized"]:
@@ -60,24 +59,60 @@ def export_run(run_dir: Path, out_dir: Path) -> dict[str, Any]:
     return {"out": str(out_dir), "files": files, "bits": cfg.qat.bits}
 
 
+def _folder_kind(path: Path) -> str:
+    """'export' or 'run': what ``path`` holds, from its config.json (an export's has a
+    quantization_config) or, without one, from its weights file."""
+    if not path.is_dir():
+        raise CoqatError(f"{path}: no such folder (give an export folder or a run folder)")
+    cfg = path / "config.json"
+    if cfg.is_file():
+        try:
+            d = json.loads(cfg.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CoqatError(f"{cfg}: not valid JSON ({e}); export or train again") from None
+        if not isinstance(d, dict):
+            raise CoqatError(f"{cfg}: not a coqat config (top level must be an object)")
+        if "quantization_config" in d or "coqat_model_config" in d:
+            return "export"
+        if "qat" in d and "model" in d:
+            return "run"
+    return "export" if (path / "model.safetensors").exists() else "run"
+
+
+def _load_export_checked(path: Path):
+    from coqat.quant import load_export
+
+    st = path / "model.safetensors"
+    if not st.is_file():
+        raise CoqatError(f"{st}: missing; {path} is an export folder without its weights")
+    try:
+        return load_export(path)
+    except Exception as e:  # safetensors raises SafetensorError on a truncated or foreign file
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise CoqatError(
+            f"{st}: not a readable safetensors file ({e}); it is truncated or corrupt, export "
+            "the run again"
+        ) from None
+
+
 def evaluate_path(
     path: Path, *, data: str | None = None, val_tokens: int = 0, device: str = "auto"
 ) -> dict[str, Any]:
-    """Validation loss of an export folder (model.safetensors) or a run folder (model.pt)."""
+    """Validation loss of an export folder (model.safetensors) or a run folder (model.pt), and
+    the number of validation tokens it was measured on."""
     from dataclasses import replace
 
     from coqat.train.run import Trainer
 
-    if (path / "model.safetensors").exists():
-        from coqat.quant import load_export
-
-        model, info = load_export(path)
+    path = Path(path)
+    kind = _folder_kind(path)
+    if kind == "export":
+        model, info = _load_export_checked(path)
         run_cfg = (info.get("extra") or {}).get("run_config") or {}
         cfg = from_dict(RunConfig, run_cfg) if run_cfg else RunConfig(model=model.cfg)
-        kind = "export"
     else:
         model, cfg, _ = load_run_model(path)
-        kind = "run"
     cfg = replace(
         cfg,
         data=replace(
@@ -90,4 +125,10 @@ def evaluate_path(
     tr = Trainer(cfg)
     model = model.to(tr.device)
     loss = tr.evaluate(model)
-    return {"kind": kind, "path": str(path), "val_loss": loss, "val_tokens": cfg.data.val_tokens}
+    return {
+        "kind": kind,
+        "path": str(path),
+        "val_loss": loss,
+        "val_tokens": tr.last_eval_tokens,
+        "val_tokens_requested": cfg.val_tokens,
+    }

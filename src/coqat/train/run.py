@@ -8,6 +8,7 @@ run branched from a trunk checkpoint follows exactly the arithmetic of the same 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
@@ -41,6 +42,7 @@ from coqat.train.phases import (
     run_accounting,
     trunk_identity,
 )
+from coqat.train.progress import RunProgress
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -146,7 +148,8 @@ class Trainer:
         self.step = 0
         self.optimizer = self._make_optimizer()
         self.info: dict[str, Any] = {}  # partial results carried in checkpoints
-        self.wall = {"fp": 0.0, "qat": 0.0}
+        self.wall = {"fp": 0.0, "qat": 0.0, "eval": 0.0}
+        self.last_eval_tokens = 0
         if cfg.device != "cpu" and self.cuda:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -256,14 +259,15 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module | None = None) -> float:
-        """Mean validation loss over the fixed validation windows (``data.val_tokens``)."""
+        """Mean validation loss over the fixed validation windows (``cfg.val_tokens``); the
+        number of target tokens it read is left in ``last_eval_tokens``."""
         from coqat.data import validation_windows
 
         model = model if model is not None else self.model
         fn = _forward_loss  # eager: evaluation is cheap, a compile per phase is not
         total, count = 0.0, 0
         windows = validation_windows(
-            self.val_ds, self.cfg.model.seq_len, self.cfg.data.val_tokens, self.cfg.optim.micro
+            self.val_ds, self.cfg.model.seq_len, self.cfg.val_tokens, self.cfg.optim.micro
         )
         for i, arr in enumerate(windows):
             if i % self.dist.world != self.dist.rank:
@@ -277,6 +281,7 @@ class Trainer:
         if self.dist.enabled:
             t = torch.tensor([total, count], dtype=torch.float64, device=self.device)
             total, count = all_reduce_sum(t, self.dist).tolist()
+        self.last_eval_tokens = int(count)
         return total / count
 
     def evaluate_ptq(self) -> float:
@@ -330,8 +335,24 @@ class Trainer:
         barrier(self.dist)
 
 
+logger = logging.getLogger(__name__)
+
+
 def _log_every(plan: PhasePlan) -> int:
     return max(1, min(10, plan.steps // 50 or 1))
+
+
+def _timed_eval(tr: Trainer, progress: RunProgress | None, ptq: bool = False) -> float:
+    """``tr.evaluate()`` (``ptq``: of the model's PTQ copy), its time kept in
+    ``tr.wall['eval']``, not in the phase's."""
+    if progress is not None:
+        progress.eval_begin()
+    t = time.perf_counter()
+    loss = tr.evaluate_ptq() if ptq else tr.evaluate()
+    tr.wall["eval"] = tr.wall.get("eval", 0.0) + time.perf_counter() - t
+    if progress is not None:
+        progress.eval_end(None if ptq else loss)
+    return loss
 
 
 def _run_steps(
@@ -343,12 +364,15 @@ def _run_steps(
     eval_steps: set[int],
     ckpt_steps: set[int],
     ckpt_path: Path | None,
-    bar: Any = None,
+    progress: RunProgress | None = None,
 ) -> None:
-    """Advance ``tr`` to step ``until``, logging, evaluating and checkpointing on the way."""
+    """Advance ``tr`` to step ``until``, logging, evaluating and checkpointing on the way.
+    ``tr.wall[phase]`` and the logged tokens/s count training time only."""
     cfg = tr.cfg
     every = _log_every(tr.plan)
     limit = cfg.divergence_factor * math.log(cfg.model.vocab_size)
+    if progress is not None:
+        progress.set_phase(phase)
     t0 = time.perf_counter()
     last_t, last_step = t0, tr.step
     while tr.step < until:
@@ -374,16 +398,20 @@ def _run_steps(
                     grad_norm=float(gnorm),
                     tokens_per_s=tps,
                 )
-            if bar is not None:
-                bar.update(s, loss=lv)
+            if progress is not None:
+                progress.update(s, loss=lv)
         if s in eval_steps:
-            vl = tr.evaluate()
+            tr.wall[phase] += time.perf_counter() - t0
+            vl = _timed_eval(tr, progress)
+            t0 = last_t = time.perf_counter()
+            last_step = s
             if log is not None:
                 log.write(step=s, tokens=s * tr.plan.tokens_per_step, phase=phase, val_loss=vl)
         if ckpt_path is not None and s in ckpt_steps and s < tr.plan.steps:
             tr.wall[phase] += time.perf_counter() - t0
-            t0 = time.perf_counter()
             tr.save(ckpt_path)
+            t0 = last_t = time.perf_counter()
+            last_step = s
     tr.wall[phase] = tr.wall.get(phase, 0.0) + time.perf_counter() - t0
 
 
@@ -497,7 +525,7 @@ def execute(
     if resume and ckpt.exists():
         tr.load_state_dict(load_checkpoint(ckpt))
     elif start_from is not None:
-        sd = load_checkpoint(Path(start_from))
+        sd = load_checkpoint(Path(start_from), hint="delete it to have its trunk trained again")
         if int(sd["step"]) != plan.branch_step:
             raise CoqatError(
                 f"start_from: checkpoint is at step {sd['step']}, the run branches at step "
@@ -505,12 +533,13 @@ def execute(
             )
         tr.load_state_dict(sd, as_branch=True)
         tr.info["branched_from"] = str(start_from)
+        tr.info["branch_step"] = plan.branch_step
     barrier(tr.dist)
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=tr.step) if main else NullLog()
-    evals = _schedule_points(cfg, plan, cfg.eval_every, 10)
+    evals = _eval_points(cfg, plan)
     ckpts = _schedule_points(cfg, plan, cfg.checkpoint_every, 1) if cfg.checkpoint_every else set()
     ckpts |= {plan.fp_steps}
-    bar = _progress_bar(plan, tr.step) if progress and main else None
+    prog = _run_progress(cfg, plan, tr.step, evals, run_dir) if progress and main else None
     status = "done"
     try:
         if tr.step < plan.fp_steps:
@@ -522,18 +551,29 @@ def execute(
                 eval_steps=evals,
                 ckpt_steps=ckpts,
                 ckpt_path=ckpt,
-                bar=bar,
+                progress=prog,
             )
         if not plan.fp_only and not tr.quantized:
             if plan.fp_steps > 0 and "loss_fp" not in tr.info:
-                tr.info["loss_fp"] = tr.evaluate()
-                tr.info["loss_ptq"] = tr.evaluate_ptq()
+                tr.info["loss_fp"] = _timed_eval(tr, prog)
+                tr.info["loss_ptq"] = _timed_eval(tr, prog, ptq=True)
                 log.write(
                     step=tr.step,
                     tokens=plan.d_fp,
                     phase="fp",
                     val_loss=tr.info["loss_fp"],
                     val_loss_ptq=tr.info["loss_ptq"],
+                )
+            if plan.fp_steps > 0 and prog is not None:
+                prog.message(
+                    "FP phase done at step %d (%s tokens): val loss %.4f, after PTQ to %g bits "
+                    "%.4f%s",
+                    plan.fp_steps,
+                    f"{plan.d_fp:,}",
+                    tr.info["loss_fp"],
+                    cfg.qat.bits,
+                    tr.info["loss_ptq"],
+                    f"; QAT for {plan.qat_steps} steps" if plan.qat_steps else "",
                 )
             if plan.qat_steps > 0:
                 tr.enter_qat()
@@ -546,27 +586,28 @@ def execute(
                 eval_steps=evals,
                 ckpt_steps=ckpts,
                 ckpt_path=ckpt,
-                bar=bar,
+                progress=prog,
+            )
+        if plan.qat_steps == 0 and not plan.fp_only:
+            final = tr.info["loss_fp"]  # f = 0: the FP model was evaluated before PTQ
+        else:
+            final = _timed_eval(tr, prog)
+            log.write(
+                step=tr.step,
+                tokens=tr.step * plan.tokens_per_step,
+                phase="qat" if tr.quantized else "fp",
+                val_loss=final,
+                final=True,
             )
     except Diverged:
         status = "diverged"
-    finally:
-        if bar is not None:
-            bar.close()
-    if status == "done" and plan.qat_steps == 0 and not plan.fp_only:
-        final = tr.info["loss_fp"]  # f = 0: the FP model was evaluated before PTQ
-    elif status == "done":
-        final = tr.evaluate()
-        log.write(
-            step=tr.step,
-            tokens=tr.step * plan.tokens_per_step,
-            phase="qat" if tr.quantized else "fp",
-            val_loss=final,
-            final=True,
-        )
-    else:
         final = float("nan")
+    finally:
+        if prog is not None:
+            prog.close()
     result = _result_record(tr, status, final)
+    if prog is not None:
+        _log_result(result, run_dir)
     if not main:
         log.close()
         barrier(tr.dist)
@@ -585,6 +626,44 @@ def execute(
     return result
 
 
+def _eval_points(cfg: RunConfig, plan: PhasePlan) -> set[int]:
+    """Steps of the intermediate evaluations: every ``eval_every`` tokens (10 a run by
+    default), less the steps where the run evaluates anyway (the FP->QAT switch, the end)."""
+    pts = _schedule_points(cfg, plan, cfg.eval_every, 10) - {plan.steps}
+    return pts if plan.fp_only else pts - {plan.fp_steps}
+
+
+def _run_progress(
+    cfg: RunConfig, plan: PhasePlan, step: int, evals: set[int], run_dir: Path
+) -> RunProgress:
+    n_evals = len([s for s in evals if s > step]) + 1 + (2 if 0 < plan.fp_steps < plan.steps else 0)
+    logger.info(
+        "training %s: %s tokens in %d steps (FP %d, QAT %d at %g bits), %s val tokens an "
+        "evaluation%s",
+        run_dir,
+        f"{plan.tokens:,}",
+        plan.steps,
+        plan.fp_steps,
+        plan.qat_steps,
+        cfg.qat.bits,
+        f"{cfg.val_tokens:,}",
+        f"; resuming at step {step}" if step else "",
+    )
+    return RunProgress(plan.steps, plan.tokens_per_step, step, label="train", evals=n_evals)
+
+
+def _log_result(result: dict[str, Any], run_dir: Path) -> None:
+    logger.info(
+        "%s %s: val loss %.4f; train %.1f s (%s tok/s), eval %.1f s",
+        run_dir,
+        result["status"],
+        result["loss"],
+        result["wall_fp"] + result["wall_qat"],
+        f"{result['tokens_per_s']:,.0f}",
+        result["wall_eval"],
+    )
+
+
 def _result_record(tr: Trainer, status: str, final: float) -> dict[str, Any]:
     cfg, plan = tr.cfg, tr.plan
     if plan.fp_only:
@@ -597,6 +676,7 @@ def _result_record(tr: Trainer, status: str, final: float) -> dict[str, Any]:
         else:
             loss = final
     wall_total = tr.wall.get("fp", 0.0) + tr.wall.get("qat", 0.0)
+    trained_tokens = (tr.step - tr.info.get("branch_step", 0)) * plan.tokens_per_step
     return {
         "status": status,
         "loss": loss,
@@ -605,7 +685,8 @@ def _result_record(tr: Trainer, status: str, final: float) -> dict[str, Any]:
         **run_accounting(cfg),
         "wall_fp": tr.wall.get("fp", 0.0),
         "wall_qat": tr.wall.get("qat", 0.0),
-        "tokens_per_s": plan.tokens / wall_total if wall_total > 0 else float("nan"),
+        "wall_eval": tr.wall.get("eval", 0.0),
+        "tokens_per_s": trained_tokens / wall_total if wall_total > 0 else float("nan"),
         "device": torch.cuda.get_device_name() if tr.cuda else "cpu",
         "host": socket.gethostname(),
         "commit": git_commit(),
@@ -646,12 +727,17 @@ def train_trunk(
     saved = {int(p.stem.split("_")[1]): p for p in trunk_dir.glob("step_*.pt")}
     done = sorted(s for s in saved if s < todo[0])
     if done:
-        tr.load_state_dict(load_checkpoint(saved[done[-1]]))
+        hint = "delete it to train the trunk from the one before"
+        tr.load_state_dict(load_checkpoint(saved[done[-1]], hint=hint))
     barrier(tr.dist)
     log = (
         MetricsLog(trunk_dir / "metrics.jsonl", resume_step=tr.step) if tr.dist.main else NullLog()
     )
-    bar = _progress_bar(tr.plan, tr.step) if progress and tr.dist.main else None
+    prog = None
+    if progress and tr.dist.main:
+        logger.info("training the FP trunk %s to step %d (%s)", trunk_dir, todo[-1],
+                    ", ".join(map(str, todo)))  # fmt: skip
+        prog = RunProgress(todo[-1], tr.plan.tokens_per_step, tr.step, label="trunk")
     try:
         for s in todo:
             _run_steps(
@@ -662,38 +748,11 @@ def train_trunk(
                 eval_steps=set(),
                 ckpt_steps=set(),
                 ckpt_path=None,
-                bar=bar,
+                progress=prog,
             )
             tr.save(paths[s])
     finally:
-        if bar is not None:
-            bar.close()
+        if prog is not None:
+            prog.close()
         log.close()
     return paths
-
-
-class _Bar:
-    def __init__(self, total: int, start: int):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.p = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeRemainingColumn(),
-        )
-        self.task = self.p.add_task("train", total=total, completed=start, loss=float("nan"))
-        self.p.start()
-
-    def update(self, step: int, loss: float) -> None:
-        self.p.update(self.task, completed=step, loss=loss)
-
-    def close(self) -> None:
-        self.p.stop()
-
-
-def _progress_bar(plan: PhasePlan, start: int) -> _Bar | None:
-    import sys
-
-    return _Bar(plan.steps, start) if sys.stderr.isatty() else None
