@@ -97,3 +97,13 @@ def test_overrides_before_and_after_flags_and_print_config(tiny_data, capsys):
     assert cfg["model"]["vocab_size"] == 512  # the data's vocabulary
     rc = main(["train", "--data", str(tiny_data), "model.vocab_size=1024", "--print-config"])
     assert rc == 0 and yaml.safe_load(capsys.readouterr().out)["model"]["vocab_size"] == 1024
+
+
+def test_auto_cpu_threads():
+    from coqat.train.threads import auto_threads
+
+    assert auto_threads(2, 0.0) == 1  # a 2-core machine: one thread
+    assert auto_threads(16, 0.0) == 8
+    assert auto_threads(16, 12.0) == 4  # busy: only the idle cores
+    assert auto_threads(64, 0.0) == 8  # small models gain nothing from more
+    assert auto_threads(4, 9.0) == 1

@@ -14,6 +14,7 @@ flops_per_token``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,22 @@ DEFAULT_TOKENS_PER_S: dict[str, float] = {
 
 # Rough model FLOP/s of a small run on 2 CPU cores (measured on the tiny example sweep).
 CPU_FLOPS = 5.0e9
+
+
+def _on_cpu(device: str) -> bool:
+    """Whether a run with this ``device`` setting trains on the CPU here ('auto' without CUDA)."""
+    if device != "auto":
+        return device == "cpu"
+    return not _cuda_available()
+
+
+@functools.lru_cache(maxsize=1)
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 @dataclass(frozen=True)
@@ -139,7 +156,7 @@ def tokens_per_s_for(
 
     if default:
         return float(default)
-    if cfg.device == "cpu" and not (table and cfg.size in table):
+    if _on_cpu(cfg.device) and not (table and cfg.size in table):
         return CPU_FLOPS / flops_per_token(cfg.model)
     t = dict(DEFAULT_TOKENS_PER_S)
     t.update(table or {})

@@ -103,14 +103,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     q = sub.add_parser(
         "quickstart",
-        help="prepare the embedded sample, train tiny FP/PTQ/QAT runs, compare, plan",
+        help="prepare the embedded sample, find the best QAT fraction of a tiny model, plan",
         description="End to end on the embedded Linux C sample, on CPU in a few minutes: prepare "
-        "data, train a tiny model FP then PTQ and FP->QAT at 4 bits, report validation losses "
-        "against the unigram baseline, and ask the planner for the QAT fraction.",
+        "data, train a tiny model at 2 bits over a grid of QAT fractions (0 = FP then PTQ, "
+        "1 = QAT from scratch) with two seeds, every fraction of a seed branched from one "
+        "shared FP trunk, report the measured optimum with its seed noise, and set the "
+        "planner's closed-form fraction beside it.",
     )
-    q.add_argument("--out", default="coqat-quickstart", help="working folder")
+    q.add_argument(
+        "--out", default="runs/quickstart", help="working folder (default runs/quickstart)"
+    )
     q.add_argument("--tokens", type=token_count, default=None, help="training tokens per run")
     q.add_argument("--bits", type=float, default=None, help="bit width of the QAT runs")
+    q.add_argument("--seeds", type=int, default=None, help="number of seeds (default 2)")
     q.add_argument("--device", default="auto", help="auto, cpu or cuda")
     q.set_defaults(func=_quickstart)
 
@@ -199,6 +204,12 @@ def _eval(args: argparse.Namespace) -> int:
 def _quickstart(args: argparse.Namespace) -> int:
     from coqat.train.quickstart import quickstart
 
-    kw = {k: getattr(args, k) for k in ("tokens", "bits") if getattr(args, k) is not None}
+    kw: dict = {k: getattr(args, k) for k in ("tokens", "bits") if getattr(args, k) is not None}
+    if args.seeds is not None:
+        if args.seeds < 1:
+            from coqat.errors import ConfigError
+
+            raise ConfigError("--seeds", f"must be >= 1, got {args.seeds}")
+        kw["seeds"] = tuple(range(args.seeds))
     quickstart(Path(args.out), device=args.device, **kw)
     return 0

@@ -43,6 +43,7 @@ from coqat.train.phases import (
     trunk_identity,
 )
 from coqat.train.progress import RunProgress
+from coqat.train.threads import configure_cpu_threads
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -126,6 +127,8 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.cuda = self.device.type == "cuda"
+        if not self.cuda:
+            configure_cpu_threads()
         self.use_compile = cfg.compile == "on" or (cfg.compile == "auto" and self.cuda)
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.cuda)
         self.progress = progress
@@ -522,7 +525,8 @@ def execute(
     if main:
         atomic_write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
     plan = tr.plan
-    if resume and ckpt.exists():
+    resumed = resume and ckpt.exists()
+    if resumed:
         tr.load_state_dict(load_checkpoint(ckpt))
     elif start_from is not None:
         sd = load_checkpoint(Path(start_from), hint="delete it to have its trunk trained again")
@@ -539,7 +543,10 @@ def execute(
     evals = _eval_points(cfg, plan)
     ckpts = _schedule_points(cfg, plan, cfg.checkpoint_every, 1) if cfg.checkpoint_every else set()
     ckpts |= {plan.fp_steps}
-    prog = _run_progress(cfg, plan, tr.step, evals, run_dir) if progress and main else None
+    prog = None
+    if progress and main:
+        how = "resuming" if resumed else f"branching from {start_from}"
+        prog = _run_progress(cfg, plan, tr.step, evals, run_dir, how)
     status = "done"
     try:
         if tr.step < plan.fp_steps:
@@ -634,11 +641,11 @@ def _eval_points(cfg: RunConfig, plan: PhasePlan) -> set[int]:
 
 
 def _run_progress(
-    cfg: RunConfig, plan: PhasePlan, step: int, evals: set[int], run_dir: Path
+    cfg: RunConfig, plan: PhasePlan, step: int, evals: set[int], run_dir: Path, how: str
 ) -> RunProgress:
     n_evals = len([s for s in evals if s > step]) + 1 + (2 if 0 < plan.fp_steps < plan.steps else 0)
     logger.info(
-        "training %s: %s tokens in %d steps (FP %d, QAT %d at %g bits), %s val tokens an "
+        "training %s: %s tokens in %d steps (FP %d, QAT %d at %g bits), %s val tokens per "
         "evaluation%s",
         run_dir,
         f"{plan.tokens:,}",
@@ -647,7 +654,7 @@ def _run_progress(
         plan.qat_steps,
         cfg.qat.bits,
         f"{cfg.val_tokens:,}",
-        f"; resuming at step {step}" if step else "",
+        f"; {how} at step {step}" if step else "",
     )
     return RunProgress(plan.steps, plan.tokens_per_step, step, label="train", evals=n_evals)
 
