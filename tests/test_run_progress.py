@@ -107,3 +107,17 @@ def test_auto_cpu_threads():
     assert auto_threads(16, 12.0) == 4  # busy: only the idle cores
     assert auto_threads(64, 0.0) == 8  # small models gain nothing from more
     assert auto_threads(4, 9.0) == 1
+
+
+def test_sweep_plan_uses_the_cpu_rate_without_cuda(monkeypatch):
+    """device auto on a machine without CUDA is timed at the CPU rate, not the H200 table."""
+    from coqat.config import from_dict
+    from coqat.model.config import flops_per_token
+    from coqat.sweep import tree
+    from coqat.train.config import RunConfig
+
+    cfg = from_dict(RunConfig, {"size": "tiny", "device": "auto"})
+    monkeypatch.setattr(tree, "_cuda_available", lambda: False)
+    assert tree.tokens_per_s_for(cfg) == tree.CPU_FLOPS / flops_per_token(cfg.model)
+    monkeypatch.setattr(tree, "_cuda_available", lambda: True)
+    assert tree.tokens_per_s_for(cfg) > 1e6  # the GPU table

@@ -29,8 +29,10 @@ DEFAULT_TOKENS_PER_S: dict[str, float] = {
 }
 
 
-# Rough model FLOP/s of a small run on 2 CPU cores (measured on the tiny example sweep).
-CPU_FLOPS = 5.0e9
+# Model FLOP/s of a small CPU run, evaluations and start-up included: the tiny example sweep
+# (8.15e11 FLOPs with sharing) ran in 39 s on a 2-core machine at load average ~6 with one
+# torch thread (2026-11-30, `coqat sweep run examples/sweeps/tiny.yaml`): 2.1e10.
+CPU_FLOPS = 2.0e10
 
 
 def _on_cpu(device: str) -> bool:

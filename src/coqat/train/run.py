@@ -484,7 +484,8 @@ def _finished_result(run_dir: Path, cfg: RunConfig) -> dict[str, Any]:
             "train in a new folder or pass --no-resume to start over",
         )
     _check_resume_config(run_dir, cfg, what)
-    if cfg.data.path and result.get("data_hash"):
+    prepared = cfg.data.path and (Path(cfg.data.path) / "manifest.json").exists()
+    if prepared and result.get("data_hash"):
         from coqat.data import load_manifest
 
         now = load_manifest(cfg.data.path).data_hash
