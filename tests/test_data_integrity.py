@@ -23,7 +23,7 @@ def test_prepare_replaces_a_dataset_on_success(own_data):
     m = prepare([sample_path()], own_data, vocab_size=300, val_fraction=0.1, max_docs=50)
     assert m.vocab_size == 300
     TokenDataset(own_data, "train", verify="full")
-    assert not [p.name for p in own_data.iterdir() if p.name.startswith(".")]
+    assert not [p.name for p in own_data.iterdir() if p.name.endswith(".tmp")]
 
 
 def _flip_same_size(path, offset=1000):
@@ -93,6 +93,8 @@ def test_hash_cache_falls_back_to_the_user_cache(own_data, tmp_path, monkeypatch
     from coqat.data import TokenDataset, verify
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (own_data / verify.CACHE_NAME).unlink(missing_ok=True)  # copied with the session's data
+    verify._MEMO.clear()
     real = coqat.config.atomic_write_text
 
     def write(path, text):

@@ -57,10 +57,15 @@ def test_progress_lines_without_a_terminal(tiny_data, tmp_path, caplog, monkeypa
 
     monkeypatch.setattr("coqat.log.is_tty", lambda: False)
     cfg = tiny_run_config(tiny_data, **{"qat.fraction": 0.5})
-    with caplog.at_level(logging.INFO, logger="coqat"):
-        execute(cfg, tmp_path / "r", progress=True)
+    coqat_log = logging.getLogger("coqat")  # the CLI stops it propagating to the root logger
+    coqat_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="coqat"):
+            execute(cfg, tmp_path / "r", progress=True)
+    finally:
+        coqat_log.removeHandler(caplog.handler)
     text = caplog.text
-    assert "training " in text and "val tokens an evaluation" in text
+    assert "training " in text and "val tokens per evaluation" in text
     assert "FP phase done at step" in text and "after PTQ to 4 bits" in text
     assert "train QAT, step" in text and "tok/s" in text and "ETA" in text
     assert "done: val loss" in text and "eval" in text

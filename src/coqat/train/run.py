@@ -644,7 +644,9 @@ def _eval_points(cfg: RunConfig, plan: PhasePlan) -> set[int]:
 def _run_progress(
     cfg: RunConfig, plan: PhasePlan, step: int, evals: set[int], run_dir: Path, how: str
 ) -> RunProgress:
-    n_evals = len([s for s in evals if s > step]) + 1 + (2 if 0 < plan.fp_steps < plan.steps else 0)
+    switch = 2 if not plan.fp_only and 0 < plan.fp_steps and step <= plan.fp_steps else 0
+    final = 0 if plan.qat_steps == 0 and not plan.fp_only else 1
+    n_evals = len([s for s in evals if s > step]) + switch + final
     logger.info(
         "training %s: %s tokens in %d steps (FP %d, QAT %d at %g bits), %s val tokens per "
         "evaluation%s",
