@@ -54,7 +54,7 @@ def test_quickstart_smoke(tmp_path):
     """The README's main job, shortened: prepare the sample, train the fraction grid."""
     from coqat.train.quickstart import quickstart
 
-    out = quickstart(tmp_path / "qs", tokens=20_000, device="cpu")
+    out = quickstart(tmp_path / "qs", tokens=20_000, seeds=(0,), device="cpu")
     runs = [r for seed in out["results"].values() for r in seed.values()]
-    assert len(runs) == 10 and all(r["status"] == "done" for r in runs)
+    assert len(runs) == 5 and all(r["status"] == "done" for r in runs)
     assert 4 < out["unigram"] < 9

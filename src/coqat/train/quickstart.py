@@ -195,7 +195,9 @@ def _report(q, results, sm, unigram, wall, out) -> None:
     margins = "; ".join(
         f"f = {f:g}: {', '.join(f'{m:+.4f}' for m in ms)}" for f, ms in sm["margins"].items()
     )
-    if len(tied) == 1:
+    if len(q.seeds) == 1:
+        verdict = f"f* = {fb:g} (one seed: no estimate of its noise; try --seeds 2)"
+    elif len(tied) == 1:
         verdict = f"f* = {fb:g}, better than every other fraction in every seed"
     else:
         verdict = (
