@@ -265,3 +265,10 @@ def test_expected_failures_are_one_line_errors(name, tiny_data, finished, tmp_pa
     assert lines and lines[-1].startswith("coqat") and ": error: " in lines[-1], err
     assert text.lower() in lines[-1].lower(), f"{name}: {text!r} not in {lines[-1]!r}"
     assert "Traceback" not in err
+
+
+def test_os_errors_name_the_path_not_the_temporary_file():
+    from coqat.cli import _os_error
+
+    e = FileNotFoundError(2, "No such file or directory", "/proc/.x.csv.4345.tmp")
+    assert _os_error(e) == "cannot access /proc/x.csv: No such file or directory"

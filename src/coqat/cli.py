@@ -54,9 +54,13 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 
 def _os_error(e: OSError) -> str:
     """An OSError as one line naming the path (``a/b: Not a directory``)."""
+    import re
     from pathlib import Path
 
-    name = e.filename if e.filename is not None else ""
+    name = str(e.filename) if e.filename is not None else ""
+    tmp = re.fullmatch(r"(.*/)?\.(.+)\.\d+\.tmp", name)  # atomic writes' temporary names
+    if tmp:
+        name = f"{tmp.group(1) or ''}{tmp.group(2)}"
     what = e.strerror or str(e)
     if isinstance(e, FileExistsError) and name and Path(name).is_file():
         what = "is a file, not a directory"
