@@ -134,7 +134,6 @@ def summarize(q: Quickstart, results: dict[int, dict[float, dict]]) -> dict[str,
     one = results[q.seeds[0]][fr[0]]
     N, D = one["N"], one["D_total"]
     f_hat = float(FractionClosedForm().optimal_fraction(N, D, q.bits))
-    fp = [results[s][f]["loss_fp"] for s in q.seeds for f in fr if 0 < results[s][f]["D_fp"]]
     fp_only = [
         results[s][0.0]["loss_fp"] for s in q.seeds if 0.0 in results[s]
     ]  # the FP model with its cooldown, before PTQ
@@ -150,7 +149,6 @@ def summarize(q: Quickstart, results: dict[int, dict[float, dict]]) -> dict[str,
         "tied": tied,
         "interior": 0 < best < len(fr) - 1,
         "loss_fp16": float(np.mean(fp_only)) if fp_only else float("nan"),
-        "loss_fp_any": float(np.mean(fp)) if fp else float("nan"),
         "N": N,
         "D": D,
         "S_total": one["S_total"],
