@@ -217,19 +217,25 @@ def test_prepare_rejects_bad_settings(corpus, tmp_path):
         prepare([corpus], tmp_path / "o", tokenizer=tmp_path / "missing.json")
 
 
-def test_failed_prepare_leaves_no_manifest(prepared, corpus, tmp_path):
+def test_failed_prepare_keeps_the_existing_dataset(prepared, corpus, tmp_path):
+    """A preparation that fails into an existing dataset leaves it complete and usable: the new
+    files are written beside it and swapped in only on success."""
     out = tmp_path / "out"
     shutil.copytree(prepared, out)
+    before = (out / "manifest.json").read_text()
     bad = tmp_path / "bad.jsonl"
     shutil.copy(corpus, bad)
     with open(bad, "a") as f:
         f.write("{broken\n")
     with pytest.raises(DataError, match=r"bad\.jsonl:201: invalid JSON"):
         prepare([bad], out, vocab_size=VOCAB, val_fraction=0.1)
-    assert not (out / "manifest.json").exists()
+    assert (out / "manifest.json").read_text() == before
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
-    with pytest.raises(DataError, match="manifest.json: manifest not found"):
-        TokenDataset(out)
+    for split in ("train", "val"):
+        TokenDataset(out, split, verify="full")
+    with pytest.raises(DataError, match="tokenizer file not found"):
+        prepare([corpus], out, tokenizer=tmp_path / "missing.json")
+    assert (out / "manifest.json").read_text() == before
 
 
 # --- dataset -------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -131,14 +132,19 @@ def _coerce(value: Any, tp: Any, field: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(field, f"expected a number, got {value!r}")
+        out = None
         if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
+            out = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                out = float(value)
             except ValueError:
                 pass
-        raise ConfigError(field, f"expected a number, got {value!r}")
+        if out is None:
+            raise ConfigError(field, f"expected a number, got {value!r}")
+        if not math.isfinite(out):
+            raise ConfigError(field, f"must be a finite number, got {value!r}")
+        return out
     if tp is str:
         if isinstance(value, str):
             return value

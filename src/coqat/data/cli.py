@@ -58,7 +58,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--max-docs", type=int, default=None, help="read only the first N documents (quick runs)"
     )
     p.add_argument("--seed", type=int, default=0, help="salt of the id hash of the split")
-    p.set_defaults(func=_prepare)
+    p.set_defaults(func=_prepare, intermixed="inputs")
 
     i = sub.add_parser("info", help="summarize a prepared directory's manifest")
     i.add_argument("dir", type=Path, help="directory written by `coqat data prepare`")

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,26 +12,27 @@ from typing import Any, Literal
 import numpy as np
 
 from coqat.config import check
-from coqat.data.manifest import Manifest, load_manifest
+from coqat.data.manifest import MANIFEST, Manifest, load_manifest
 from coqat.data.sources import file_sha256
 from coqat.errors import DataError
 
-Verify = bool | Literal["full", "size"]
+Verify = bool | Literal["hash", "full", "size"]
 
 
 class TokenDataset:
     """One split of a prepared directory as a read-only ``np.memmap`` of token ids.
 
     ``verify``: ``True`` (or ``"full"``) checks the file size and sha256 against the manifest
-    (~1 s per 240 MB), ``"size"`` only the size, ``False`` nothing. Mismatches raise DataError
-    naming the file.
+    (~1 s per 240 MB); ``"hash"`` the same, hashing each version of the file once (the hash is
+    cached under its size, mtime, ctime and inode; :mod:`coqat.data.verify`); ``"size"`` only the
+    size; ``False`` nothing. Mismatches raise DataError naming the file.
     """
 
     def __init__(self, directory: str | Path, split: str = "train", verify: Verify = True):
         check(
-            verify in (True, False, "full", "size"),
+            verify in (True, False, "hash", "full", "size"),
             "verify",
-            f"must be true, false, 'full' or 'size', got {verify!r}",
+            f"must be true, false, 'hash', 'full' or 'size', got {verify!r}",
         )
         full = verify is True or verify == "full"
         self.dir = Path(directory)
@@ -54,9 +54,16 @@ class TokenDataset:
                 f"{self.path}: size {size} bytes does not match the manifest ({info.tokens} "
                 f"{self.dtype.name} tokens = {want} bytes); the file is truncated or stale"
             )
+        if verify == "hash":
+            from coqat.data.verify import cached_sha256, forget
+
+            if cached_sha256(self.path) != info.sha256:
+                forget(self.path)
+                full = True  # hash again before refusing
         if full and file_sha256(self.path) != info.sha256:
             raise DataError(
-                f"{self.path}: sha256 does not match the manifest; the file was modified"
+                f"{self.path}: sha256 does not match {self.dir / MANIFEST}; the file or the "
+                "manifest was modified (re-run `coqat data prepare`)"
             )
         if info.tokens == 0:
             self.tokens: np.ndarray = np.zeros(0, self.dtype)
@@ -99,10 +106,7 @@ class TokenDataset:
     @property
     def data_hash(self) -> str:
         """16 hex chars identifying tokenizer + every split's contents (for run keys)."""
-        h = hashlib.sha256(self.manifest.tokenizer_sha256.encode())
-        for name in sorted(self.manifest.splits):
-            h.update(f"\0{name}:{self.manifest.splits[name].sha256}".encode())
-        return h.hexdigest()[:16]
+        return self.manifest.data_hash
 
     def load_tokenizer(self):
         """The directory's tokenizer (``tokenizers.Tokenizer``)."""

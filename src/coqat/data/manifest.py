@@ -6,6 +6,7 @@ complete. :func:`load_manifest` validates it and raises DataError naming the fil
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,14 @@ class Manifest:
     @property
     def total_tokens(self) -> int:
         return sum(s.tokens for s in self.splits.values())
+
+    @property
+    def data_hash(self) -> str:
+        """16 hex chars identifying tokenizer + every split's contents (for run keys)."""
+        h = hashlib.sha256(self.tokenizer_sha256.encode())
+        for name in sorted(self.splits):
+            h.update(f"\0{name}:{self.splits[name].sha256}".encode())
+        return h.hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = MANIFEST) -> Manifest:

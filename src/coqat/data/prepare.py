@@ -2,14 +2,17 @@
 
 Two streaming passes over the input: (1) train the BPE on the training split (skipped when a
 tokenizer is given), (2) encode documents in chunks of ~1000 and append each chunk's ids to the
-split's file. Token files are written under temporary names and renamed when complete; any old
-manifest is removed first and the new one is written last, atomically, so a directory that has a
-manifest is always complete and consistent.
+split's file. Every new file is written beside the old ones under a temporary name; only when all
+of them are complete is the old manifest removed, the files renamed over the old ones and the new
+manifest written last, atomically. A failed or killed preparation leaves an existing dataset as
+it was, and a directory that has a manifest is always complete and consistent. Progress is logged
+(``logging``, logger ``coqat.data.prepare``) every few seconds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -34,7 +37,10 @@ from coqat.data.sources import SourceFile, file_sha256, iter_documents, list_sou
 from coqat.data.split import DEFAULT_VAL_FRACTION, check_val_fraction, split_of
 from coqat.errors import DataError
 
+log = logging.getLogger(__name__)
+
 SPLITS = ("train", "val")
+PROGRESS_EVERY_S = 10.0
 CHUNK_DOCS = 1000
 CHUNK_CHARS = 32 << 20  # also flush a split's buffer past ~32M characters
 
@@ -74,17 +80,44 @@ class _SplitWriter:
         self.buf, self.buf_chars = [], 0
 
     def finish(self) -> SplitInfo:
+        """Close the temporary file (complete, synced); :func:`_commit` renames it."""
         self.fh.flush()
         os.fsync(self.fh.fileno())
         self.fh.close()
-        os.replace(self.tmp, self.path)
         return SplitInfo(
             self.path.name, self.tokens, self.documents, self.sha.hexdigest(), self.text_bytes
         )
 
     def abort(self) -> None:
-        self.fh.close()
+        if not self.fh.closed:
+            self.fh.close()
         self.tmp.unlink(missing_ok=True)
+
+
+class _Progress:
+    """Logs documents and text read (and tokens written) every PROGRESS_EVERY_S seconds."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.t0 = self.last = time.perf_counter()
+        self.docs = 0
+        self.chars = 0
+
+    def add(self, text: str, tokens: int = 0) -> None:
+        self.docs += 1
+        self.chars += len(text)
+        now = time.perf_counter()
+        if now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            log.info("%s", self.line(tokens))
+
+    def line(self, tokens: int = 0) -> str:
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        tok = f", {tokens:,} tokens written" if tokens else ""
+        return (
+            f"{self.what}: {self.docs:,} documents, {self.chars / 1e6:,.1f}M characters{tok} "
+            f"({self.chars / 1e6 / dt:.2f}M chars/s, {dt:.0f} s)"
+        )
 
 
 def _train_texts(
@@ -99,11 +132,13 @@ def _train(sources, vocab_size, val_fraction, seed, max_docs):
     """Train the tokenizer on the train split, re-raising reader errors unwrapped."""
     errors: list[BaseException] = []
     seen = [0]
+    progress = _Progress("training the tokenizer")
 
     def texts() -> Iterator[str]:
         try:
             for t in _train_texts(sources, val_fraction, seed, max_docs):
                 seen[0] += 1
+                progress.add(t)
                 yield t
         except Exception as e:  # surfaces through the Rust trainer; re-raised below
             errors.append(e)
@@ -111,6 +146,7 @@ def _train(sources, vocab_size, val_fraction, seed, max_docs):
     tok = tk.train_tokenizer(texts(), vocab_size)
     if errors:
         raise errors[0]
+    log.info("%s; vocabulary %d", progress.line(), tok.get_vocab_size())
     if seen[0] == 0:
         raise DataError("training split is empty: every document fell into validation")
     return tok
@@ -139,33 +175,35 @@ def prepare(
         SourceInfo(str(s.path), file_sha256(s.path), s.path.stat().st_size) for s in sources
     )
     out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # the directory is incomplete from here on
-
-    if tokenizer is not None:
-        blob = Path(tokenizer).read_bytes() if Path(tokenizer).is_file() else None
-        if blob is None:
-            raise DataError(f"{tokenizer}: tokenizer file not found")
-        tok = tk.tokenizer_from_bytes(blob, str(tokenizer))
-    else:
-        check(vocab_size >= tk.MIN_VOCAB, "vocab_size", f"must be >= {tk.MIN_VOCAB}")
-        tok = _train(sources, vocab_size, val_fraction, seed, max_docs)
-        blob = tk.tokenizer_json_bytes(tok)
-    atomic_write_bytes(out / TOKENIZER, blob)
-    vocab = tok.get_vocab_size()
-    eot = tk.eot_id(tok)
-    dtype = tk.token_dtype(vocab)
-
     pid = os.getpid()
-    writers = {
-        s: _SplitWriter(out / f"{s}.bin", out / f".{s}.bin.{pid}.tmp", dtype) for s in SPLITS
-    }
+    tok_tmp = out / f".{TOKENIZER}.{pid}.tmp"
+    writers: dict[str, _SplitWriter] = {}
     try:
+        if tokenizer is not None:
+            blob = Path(tokenizer).read_bytes() if Path(tokenizer).is_file() else None
+            if blob is None:
+                raise DataError(f"{tokenizer}: tokenizer file not found")
+            tok = tk.tokenizer_from_bytes(blob, str(tokenizer))
+        else:
+            check(vocab_size >= tk.MIN_VOCAB, "vocab_size", f"must be >= {tk.MIN_VOCAB}")
+            tok = _train(sources, vocab_size, val_fraction, seed, max_docs)
+            blob = tk.tokenizer_json_bytes(tok)
+        atomic_write_bytes(tok_tmp, blob)
+        vocab = tok.get_vocab_size()
+        eot = tk.eot_id(tok)
+        dtype = tk.token_dtype(vocab)
+
+        for s in SPLITS:
+            writers[s] = _SplitWriter(out / f"{s}.bin", out / f".{s}.bin.{pid}.tmp", dtype)
+        progress = _Progress("encoding")
         for doc_id, text in iter_documents(sources, max_docs):
             w = writers[split_of(doc_id, val_fraction, seed)]
             if w.add(text):
                 w.flush(tok, eot)
+            progress.add(text, sum(x.tokens for x in writers.values()))
         for w in writers.values():
             w.flush(tok, eot)
+        log.info("%s", progress.line(sum(x.tokens for x in writers.values())))
         if writers["train"].documents == 0:
             raise DataError("training split is empty: every document fell into validation")
         if val_fraction > 0 and writers["val"].documents == 0:
@@ -175,29 +213,39 @@ def prepare(
                 "raise val_fraction or add documents"
             )
         splits = {s: w.finish() for s, w in writers.items()}
+
+        total_tokens = sum(s.tokens for s in splits.values())
+        total_bytes = sum(s.text_bytes for s in splits.values())
+        manifest = Manifest(
+            format_version=FORMAT_VERSION,
+            tokenizer_sha256=tk.sha256_hex(blob),
+            vocab_size=vocab,
+            eot_id=eot,
+            dtype=dtype.name,
+            splits=splits,
+            sources=source_info,
+            val_fraction=val_fraction,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            bytes_per_token=round(total_bytes / total_tokens, 4),
+            seed=seed,
+            max_docs=max_docs,
+        )
+        _commit(out, {tok_tmp: out / TOKENIZER, **{w.tmp: w.path for w in writers.values()}})
     except BaseException:
         for w in writers.values():
             w.abort()
+        tok_tmp.unlink(missing_ok=True)
         raise
-
-    total_tokens = sum(s.tokens for s in splits.values())
-    total_bytes = sum(s.text_bytes for s in splits.values())
-    manifest = Manifest(
-        format_version=FORMAT_VERSION,
-        tokenizer_sha256=tk.sha256_hex(blob),
-        vocab_size=vocab,
-        eot_id=eot,
-        dtype=dtype.name,
-        splits=splits,
-        sources=source_info,
-        val_fraction=val_fraction,
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
-        bytes_per_token=round(total_bytes / total_tokens, 4),
-        seed=seed,
-        max_docs=max_docs,
-    )
     save_json(manifest, out / MANIFEST)
     return manifest
+
+
+def _commit(out: Path, renames: dict[Path, Path]) -> None:
+    """Swap complete temporary files in: the old manifest goes first (the folder is incomplete
+    for the few renames that follow), the new one is written after them by the caller."""
+    (out / MANIFEST).unlink(missing_ok=True)
+    for tmp, final in renames.items():
+        os.replace(tmp, final)
 
 
 def prepare_timed(*args, **kwargs) -> tuple[Manifest, float]:

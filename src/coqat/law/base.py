@@ -72,7 +72,7 @@ class Law:
         missing = [n for n in self.param_names if n not in params]
         if missing:
             raise ConfigError(
-                missing[0], f"missing parameter; {self.name} needs {self.param_names}"
+                f"params.{missing[0]}", f"missing parameter; {self.name} needs {self.param_names}"
             )
         return np.array([np.log(params[n]) if lg else float(params[n]) for n, lg, *_ in self._spec])
 
@@ -80,8 +80,15 @@ class Law:
         return {n: float(np.exp(v) if lg else v) for (n, lg, *_), v in zip(self._spec, x)}
 
     def set_params(self, params: dict[str, float]) -> Law:
-        self.params_ = {n: float(params[n]) for n in self.param_names if n in params}
-        self._to_x(params)  # validates presence
+        """Set the natural parameters; ConfigError naming ``params.<name>`` when one is missing,
+        not a finite number, or (a coefficient) not > 0."""
+        if not isinstance(params, dict):
+            raise ConfigError("params", f"expected an object of {self.param_names}, got {params!r}")
+        self._to_x({n: 1.0 for n in params})  # presence
+        checked = {}
+        for n, lg, *_ in self._spec:
+            checked[n] = check_param(params[n], f"params.{n}", positive=lg)
+        self.params_ = checked
         return self
 
     @property
@@ -268,15 +275,20 @@ class Law:
             raise ConfigError("law", f"JSON holds a {name!r} law, not {cls.name!r}")
         law = cls()
         law._load_extra(d.get("extra") or {})
-        if d.get("params"):
+        if d.get("params") is not None:
             law.set_params(d["params"])
         law.provenance = dict(d.get("provenance") or {})
         law.fit_report_ = d.get("fit_report")
         b = d.get("bootstrap")
-        if b and b.get("samples"):
-            law.bootstrap_ = np.array(
-                [law._to_x(dict(zip(law.param_names, s))) for s in b["samples"]]
-            )
+        if isinstance(b, dict) and b.get("samples"):
+            try:
+                law.bootstrap_ = np.array(
+                    [law._to_x(dict(zip(law.param_names, s))) for s in b["samples"]]
+                )
+            except (TypeError, ValueError) as e:
+                raise ConfigError("bootstrap.samples", f"not a table of numbers ({e})") from None
+            if not np.all(np.isfinite(law.bootstrap_)):
+                raise ConfigError("bootstrap.samples", "holds values that are not finite")
             law.bootstrap_info_ = {k: v for k, v in b.items() if k not in ("samples", "param_ci")}
         return law
 
@@ -325,3 +337,23 @@ def percentile_ci(value: Any, V: np.ndarray | None, level: float) -> dict[str, A
         n=int(np.isfinite(V).all(axis=tuple(range(1, V.ndim))).sum()),
     )
     return out
+
+
+def check_param(
+    value: Any, field: str, lo: float | None = None, hi: float | None = None, positive: bool = False
+) -> float:
+    """``value`` as a finite float (within [lo, hi], > 0 when ``positive``), else ConfigError
+    naming ``field``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+        if not isinstance(value, str) or value.strip().lower() != "nan":
+            raise ConfigError(field, f"must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not np.isfinite(v):
+        raise ConfigError(field, f"must be a finite number, got {value!r}")
+    if positive and v <= 0:
+        raise ConfigError(field, f"must be > 0 (a coefficient), got {v!r}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ConfigError(field, f"must be in [{lo:g}, {hi:g}], got {v!r}")
+    return v

@@ -32,7 +32,10 @@ class FractionClosedForm:
     depends_on_fraction = True
 
     def __init__(self, a: float = PAPER_A, source: str | None = None):
-        self.params_ = {"a": float(a)}
+        from coqat.law.base import check_param
+
+        a = check_param(a, "params.a", *self.bounds["a"])
+        self.params_ = {"a": a}
         self.provenance: dict[str, Any] = {"source": source or PAPER_SOURCE}
         if source is None and a == PAPER_A:  # the planner warns > 3x outside the paper's sizes
             self.provenance["fit_range"] = dict(PAPER_FIT_RANGE)
@@ -176,7 +179,15 @@ class FractionClosedForm:
             d = json.loads(Path(d).read_text())
         if d.get("law") != cls.name:
             raise ConfigError("law", f"JSON holds a {d.get('law')!r} law, not {cls.name!r}")
-        law = cls(**{k: d["params"][k] for k in cls.param_names})
+        params = d.get("params")
+        if not isinstance(params, dict):
+            raise ConfigError("params", f"expected an object of {cls.param_names}, got {params!r}")
+        missing = [k for k in cls.param_names if k not in params]
+        if missing:
+            raise ConfigError(
+                f"params.{missing[0]}", f"missing parameter; {cls.name} needs {cls.param_names}"
+            )
+        law = cls(**{k: params[k] for k in cls.param_names})
         law.provenance = dict(d.get("provenance") or {})
         law.fit_report_ = d.get("fit_report")
         boot = d.get("bootstrap")
@@ -257,8 +268,11 @@ class SizedFractionClosedForm(FractionClosedForm):
     N0 = 1e7
 
     def __init__(self, a: float = PAPER_A, g: float = 0.0, source: str | None = None):
-        super().__init__(a, source or f"closed form with a size term, a={a:g}, g={g:g}")
-        self.params_ = {"a": float(a), "g": float(g)}
+        from coqat.law.base import check_param
+
+        g = check_param(g, "params.g", *self.bounds["g"])
+        super().__init__(a, source or f"closed form with a size term, a={float(a):g}, g={g:g}")
+        self.params_ = {"a": self.params_["a"], "g": g}
 
     @property
     def g(self) -> float:

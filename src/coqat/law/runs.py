@@ -119,7 +119,10 @@ class Runs:
         p = Path(path)
         if not p.is_file():
             raise ConfigError("runs", f"file not found: {p}")
-        table = pq.read_table(p)
+        try:
+            table = pq.read_table(p)
+        except Exception as e:  # noqa: BLE001 - pyarrow's ArrowInvalid and friends
+            raise ConfigError("runs", f"{p}: not a readable parquet file: {e}") from None
         return cls(
             {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
         )
@@ -133,17 +136,7 @@ class Runs:
         if suf in (".parquet", ".pq"):
             return cls.from_parquet(p)
         if suf in (".json", ".jsonl"):
-            import json
-
-            if not p.is_file():
-                raise ConfigError("runs", f"file not found: {p}")
-            text = p.read_text()
-            recs = (
-                [json.loads(line) for line in text.splitlines() if line.strip()]
-                if suf == ".jsonl"
-                else json.loads(text)
-            )
-            return cls.from_records(recs)
+            return cls.from_records(_json_records(p))
         raise ConfigError("runs", f"{p}: unknown format {suf!r}; use .csv, .parquet, .json, .jsonl")
 
     # ---- validation ---------------------------------------------------------------------------
@@ -363,6 +356,37 @@ class Runs:
 
     def __repr__(self) -> str:
         return f"Runs(n={len(self)}, columns={self.columns})"
+
+
+def _json_records(p: Path) -> list[dict[str, Any]]:
+    """Rows of a runs table in JSON (a list of objects, or an object of equally long columns)
+    or JSON Lines (one object a line); ConfigError naming the file otherwise."""
+    import json
+
+    if not p.is_file():
+        raise ConfigError("runs", f"file not found: {p}")
+    text = p.read_text()
+    try:
+        if p.suffix.lower() == ".jsonl":
+            data: Any = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError("runs", f"{p}: invalid JSON: {e}") from None
+    if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
+        n = {len(v) for v in data.values()}
+        if len(n) != 1:
+            raise ConfigError("runs", f"{p}: columns of unequal length {sorted(n)}")
+        data = [dict(zip(data, row)) for row in zip(*data.values())]
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise ConfigError(
+            "runs",
+            f"{p}: expected a list of runs (objects with {list(REQUIRED)}) or an object of "
+            "columns",
+        )
+    if not data:
+        raise ConfigError("runs", f"{p}: no rows; required columns are {list(REQUIRED)}")
+    return data
 
 
 def finite_positive(x: Any, field: str) -> np.ndarray:

@@ -71,8 +71,8 @@ def trunk_key(cfg, version: str | None = None, dhash: str | None = None) -> str:
 
 # grid axes and settings that do not change what is trained: left out of a run's variant
 _NOT_VARIANT = ("size", "model.", "tokens", "seed", "qat.bits", "qat.fraction", "qat.schedule",
-                "data.path", "eval_every", "checkpoint_every", "device", "compile", "precision",
-                "dist.", "perf.")
+                "data.path", "data.verify", "data.val_tokens", "eval_every", "checkpoint_every",
+                "device", "compile", "precision", "dist.", "perf.")
 
 
 @functools.lru_cache(maxsize=4096)

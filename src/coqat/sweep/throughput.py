@@ -19,8 +19,26 @@ from typing import Any
 
 TABLE_PATH = Path(__file__).with_name("throughput-h200.json")
 
-# Rough model FLOP/s of a small run on 2 CPU cores (the tiny example sweep, torch 2.x, fp32).
-CPU_FLOPS = 5.0e9
+# Model FLOP/s of a small CPU run, evaluations and start-up included: the tiny example sweep
+# (8.15e11 FLOPs with sharing) ran in 39 s on a 2-core machine at load average ~6 with one
+# torch thread (2026-11-30, `coqat sweep run examples/sweeps/tiny.yaml`): 2.1e10.
+CPU_FLOPS = 2.0e10
+
+
+def on_cpu(device: str) -> bool:
+    """Whether a run with this ``device`` setting trains on the CPU here ('auto' without CUDA)."""
+    if device != "auto":
+        return device == "cpu"
+    return not _cuda_available()
+
+
+@functools.cache
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 @functools.cache
@@ -66,7 +84,7 @@ def tokens_per_s(cfg: Any, table: dict[str, float] | None = None, default: float
         return float(default)
     if table and cfg.size in table:
         return float(table[cfg.size])
-    if cfg.device == "cpu":
+    if on_cpu(cfg.device):
         return CPU_FLOPS / flops_per_token(cfg.model)
     return gpu_tokens_per_s(cfg.model)
 

@@ -2,7 +2,9 @@
 
 A checkpoint is one ``torch.save`` file written to a temporary name in the same folder, flushed
 and fsync'ed, then renamed over the target, so a kill at any moment leaves either the previous
-checkpoint or the new one, never a torn file.
+checkpoint or the new one, never a torn file. It holds tensors, numbers, strings and containers
+only, and is loaded with ``weights_only=True`` (no arbitrary objects unpickled); an unreadable
+file raises :class:`~coqat.errors.CoqatError` naming it.
 
 A sharded (FSDP) run writes its model and optimizer with ``torch.distributed.checkpoint`` (DCP):
 every rank writes its shards into a folder beside the checkpoint file
@@ -26,9 +28,16 @@ import torch
 
 
 def rng_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -38,7 +47,11 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    if isinstance(n, dict):
+        keys = n["keys"].numpy().astype(np.uint32)
+        n = (n["name"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"])
+    np.random.set_state(n)  # a tuple with an ndarray in checkpoints of older versions
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -64,14 +77,44 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         pass
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint's state; for a sharded one, its folder's full path under ``"sharded"``
-    (the model and optimizer then load with :func:`load_sharded_state`)."""
+# what checkpoints written before the RNG state was stored as tensors need besides weights
+_NUMPY_GLOBALS = [
+    (getattr(np, "_core", None) or np.core).multiarray._reconstruct,
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),  # numpy.dtypes.UInt32DType: the MT19937 key array's dtype
+]
+
+
+def load_checkpoint(path: Path, hint: str = "delete it, or pass --no-resume to start over") -> dict:
+    """Load a checkpoint (``weights_only=True``); CoqatError naming the file, with ``hint``, when
+    it is missing, truncated or not a checkpoint."""
+    from coqat.errors import CoqatError
+
     path = Path(path)
-    sd = torch.load(path, map_location="cpu", weights_only=False)
-    if sd.get("sharded"):
+    try:
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CoqatError(f"{path}: checkpoint not found") from None
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError...
+        raise CoqatError(f"{path}: not a readable checkpoint ({_why(e)}); {hint}") from None
+    if not isinstance(sd, dict):
+        raise CoqatError(f"{path}: not a coqat checkpoint (a {type(sd).__name__}); {hint}")
+    if sd.get("sharded"):  # a sharded checkpoint: its folder's full path (load_sharded_state)
         sd["sharded"] = str(path.parent / sd["sharded"])
     return sd
+
+
+def _why(e: Exception) -> str:
+    """torch's load error in a few words."""
+    text = str(e)
+    if "Weights only load failed" in text:
+        return "it holds objects other than tensors and plain data: not a coqat checkpoint"
+    if "central directory" in text or isinstance(e, EOFError):
+        return "truncated"
+    first = text.split(". ")[0].splitlines()[0] if text else type(e).__name__
+    return f"corrupt or truncated: {first[:120]}"
 
 
 def _shard_dirs(path: Path) -> list[Path]:
@@ -121,7 +164,7 @@ def _current_shards(path: Path) -> str | None:
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False).get("sharded")
+        return load_checkpoint(path).get("sharded")
     except Exception:  # noqa: BLE001 - an unreadable old file: nothing to protect
         return None
 

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 
 from coqat.model.config import LADDER
+
+
+def token_count(text: str) -> int:
+    """argparse type of a token count: a finite number >= 1 (``2e7``, ``20_000_000``)."""
+    try:
+        v = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of tokens, got {text!r}") from None
+    if not math.isfinite(v) or v < 1:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 1, got {text!r}")
+    return int(v)
+
 
 # flag -> config path; every flag is optional and overrides the config file
 _TRAIN_FLAGS = {
@@ -16,7 +29,7 @@ _TRAIN_FLAGS = {
         str,
         f"model size from the ladder ({', '.join(LADDER)})",
     ),
-    "tokens": ("tokens", float, "total training tokens D_total (e.g. 2e7)"),
+    "tokens": ("tokens", token_count, "total training tokens D_total (e.g. 2e7)"),
     "bits": ("qat.bits", float, "bit width of the QAT phase: 1, 1.58, 2, 3..8; 16 = FP only"),
     "fraction": (
         "qat.fraction",
@@ -46,13 +59,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML or TOML run config (see examples/)")
     for flag, (_, typ, help_) in _TRAIN_FLAGS.items():
         p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=typ, help=help_)
-    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics, result)")
+    p.add_argument("--out", help="run folder (checkpoints, metrics, result); required to train")
     p.add_argument(
-        "--no-resume", action="store_true", help="start over even if a checkpoint exists"
+        "--no-resume",
+        action="store_true",
+        help="start over even if the folder holds a checkpoint or a finished run",
     )
     p.add_argument("--json", action="store_true", help="print the result record as JSON")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    p.set_defaults(func=_train)
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as YAML (usable as --config) and exit without training",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, before or after the flags (model.vocab_size defaults to the "
+        "data's vocabulary)",
+    )
+    p.set_defaults(func=_train, intermixed="overrides")
 
     e = sub.add_parser(
         "export",
@@ -98,20 +124,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     v.add_argument("model", help="export folder or run folder")
     v.add_argument("--data", help="prepared data folder (default: the run's data.path)")
-    v.add_argument("--val-tokens", type=int, default=0, help="validation tokens (default: run's)")
+    v.add_argument(
+        "--val-tokens", type=token_count, default=0, help="validation tokens (default: the run's)"
+    )
     v.add_argument("--device", default="auto", help="auto, cpu or cuda")
     v.set_defaults(func=_eval)
 
     q = sub.add_parser(
         "quickstart",
-        help="prepare the embedded sample, train tiny FP/PTQ/QAT runs, compare, plan",
+        help="prepare the embedded sample, find the best QAT fraction of a tiny model, plan",
         description="End to end on the embedded Linux C sample, on CPU in a few minutes: prepare "
-        "data, train a tiny model FP then PTQ and FP->QAT at 4 bits, report validation losses "
-        "against the unigram baseline, and ask the planner for the QAT fraction.",
+        "data, train a tiny model at 2 bits over a grid of QAT fractions (0 = FP then PTQ, "
+        "1 = QAT from scratch) with two seeds, every fraction of a seed branched from one "
+        "shared FP trunk, report the measured optimum with its seed noise, and set the "
+        "planner's closed-form fraction beside it.",
     )
-    q.add_argument("--out", default="coqat-quickstart", help="working folder")
-    q.add_argument("--tokens", type=float, default=6e5, help="training tokens per run")
-    q.add_argument("--bits", type=float, default=2.0, help="bit width of the QAT runs")
+    q.add_argument(
+        "--out", default="runs/quickstart", help="working folder (default runs/quickstart)"
+    )
+    q.add_argument("--tokens", type=token_count, default=None, help="training tokens per run")
+    q.add_argument("--bits", type=float, default=None, help="bit width of the QAT runs")
+    q.add_argument("--seeds", type=int, default=None, help="number of seeds (default 2)")
     q.add_argument("--device", default="auto", help="auto, cpu or cuda")
     q.set_defaults(func=_quickstart)
 
@@ -121,8 +154,6 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     for flag, (path, _, _) in _TRAIN_FLAGS.items():
         v = getattr(args, flag, None)
         if v is not None:
-            if isinstance(v, float) and path == "tokens":
-                v = int(v)
             out.append(f"{path}={v}")
     return out + list(args.overrides or [])
 
@@ -132,6 +163,17 @@ def _train(args: argparse.Namespace) -> int:
     from coqat.train.run import execute
 
     cfg = load_run_config(args.config, tuple(_overrides(args)))
+    if args.print_config:
+        import yaml
+
+        from coqat.config import to_dict
+
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    if not args.out:
+        from coqat.errors import ConfigError
+
+        raise ConfigError("--out", "give the run folder to train in (or --print-config)")
     from coqat.train.distributed import shutdown_distributed
 
     try:
@@ -168,12 +210,13 @@ def _print_result(res: dict) -> None:
             f"{res['S_total']:.1f} / {res['S_fp']:.1f} / {res['S_qat']:.1f}",
         ),
         ("FLOPs FP / QAT", f"{res['flops_fp']:.3e} / {res['flops_qat']:.3e}"),
-        ("wall FP / QAT (s)", f"{res['wall_fp']:.1f} / {res['wall_qat']:.1f}"),
-        ("tokens/s", f"{res['tokens_per_s']:,.0f}"),
+        ("train wall FP / QAT (s)", f"{res['wall_fp']:.1f} / {res['wall_qat']:.1f}"),
+        ("eval wall (s)", f"{res.get('wall_eval', float('nan')):.1f}"),
+        ("tokens/s (training time)", f"{res['tokens_per_s']:,.0f}"),
         (
-            "tokens/s steady (warm-up / eval s)",
-            f"{res['tokens_per_s_steady']:,.0f} "
-            f"({res['wall_warmup']:.1f} / {res['wall_eval']:.1f})",
+            "tokens/s steady (warm-up s)",
+            f"{res.get('tokens_per_s_steady', float('nan')):,.0f} "
+            f"({res.get('wall_warmup', float('nan')):.1f})",
         ),
     ]
     for r in rows:
@@ -205,5 +248,12 @@ def _eval(args: argparse.Namespace) -> int:
 def _quickstart(args: argparse.Namespace) -> int:
     from coqat.train.quickstart import quickstart
 
-    quickstart(Path(args.out), tokens=int(args.tokens), bits=args.bits, device=args.device)
+    kw: dict = {k: getattr(args, k) for k in ("tokens", "bits") if getattr(args, k) is not None}
+    if args.seeds is not None:
+        if args.seeds < 1:
+            from coqat.errors import ConfigError
+
+            raise ConfigError("--seeds", f"must be >= 1, got {args.seeds}")
+        kw["seeds"] = tuple(range(args.seeds))
+    quickstart(Path(args.out), device=args.device, **kw)
     return 0

@@ -8,6 +8,7 @@ quantization-aware training (QAT) for D_qat tokens, with f = D_qat / D_total = `
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -16,24 +17,34 @@ from coqat.bits import FP_BITS, allowed_str, is_allowed
 from coqat.config import apply_overrides, check, from_dict, load_file, to_dict
 from coqat.model.config import LADDER, ModelConfig, ladder
 
+# data.val_tokens = 0 (auto): every evaluation reads D_total / AUTO_VAL_DIVISOR validation tokens,
+# at least AUTO_VAL_MIN_WINDOWS windows and at most AUTO_VAL_CAP tokens: about 7% of the
+# training compute for the default 10 evaluations plus the phase switch and the end (a forward
+# pass costs a third of a training step per token), and a fixed 262,144 from 17M tokens up
+AUTO_VAL_DIVISOR = 64
+AUTO_VAL_MIN_WINDOWS = 8
+AUTO_VAL_CAP = 262_144
+
 
 @dataclass(frozen=True)
 class DataConfig:
     """Where the prepared token data lives (a folder written by ``coqat data prepare``)."""
 
     path: str = ""
-    val_tokens: int = 262_144  # tokens of the validation split used for every evaluation
-    verify: Literal["full", "size"] = "size"
+    # validation tokens of every evaluation; 0 = proportional to the run (RunConfig.val_tokens)
+    val_tokens: int = 0
+    # checks of the token files against the manifest: "hash" = sha256, once per version of each
+    # file (cached); "full" = sha256 every time; "size" = the size only
+    verify: Literal["hash", "full", "size"] = "hash"
     # train on the first ``train_tokens`` tokens of the train split only (0 = all of it): the
     # same token budget then repeats the data more often (epochs = D_total / train_tokens)
     train_tokens: int = 0
 
     def __post_init__(self) -> None:
-        check(self.val_tokens > 0, "data.val_tokens", f"must be > 0, got {self.val_tokens}")
         check(
-            self.train_tokens >= 0,
-            "data.train_tokens",
-            f"must be >= 0 (0 = the whole train split), got {self.train_tokens}",
+            self.val_tokens >= 0,
+            "data.val_tokens",
+            f"must be >= 0 (0 = proportional to the run), got {self.val_tokens}",
         )
 
 
@@ -51,7 +62,7 @@ class OptimConfig:
     micro_batch_size: int = 0  # sequences per forward/backward; 0 = batch_size
 
     def __post_init__(self) -> None:
-        check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        check(math.isfinite(self.lr) and self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
         check(0 <= self.beta1 < 1, "optim.beta1", "must be in [0, 1)")
         check(0 <= self.beta2 < 1, "optim.beta2", "must be in [0, 1)")
         check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
@@ -251,15 +262,48 @@ class RunConfig:
     def tokens_per_step(self) -> int:
         return self.optim.batch_size * self.model.seq_len
 
+    @property
+    def val_tokens(self) -> int:
+        """Validation tokens of every evaluation: ``data.val_tokens``, or when 0, D_total / 64
+        between 8 windows and 262,144 tokens (AUTO_VAL_*)."""
+        if self.data.val_tokens:
+            return self.data.val_tokens
+        floor = AUTO_VAL_MIN_WINDOWS * self.model.seq_len
+        return min(AUTO_VAL_CAP, max(self.tokens // AUTO_VAL_DIVISOR, floor))
+
 
 def _shape(cfg: ModelConfig) -> dict[str, int]:
     return {"d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads}
 
 
 def load_run_config(path: str | None = None, overrides: tuple[str, ...] = ()) -> RunConfig:
-    """RunConfig from an optional YAML/TOML file plus ``a.b=value`` overrides."""
+    """RunConfig from an optional YAML/TOML file plus ``a.b=value`` overrides. Unless the file or
+    an override sets ``model.vocab_size``, it is the prepared data's vocabulary (when
+    ``data.path`` holds a manifest)."""
     data: dict[str, Any] = load_file(path) if path else {}
-    return from_dict(RunConfig, apply_overrides(data, list(overrides)))
+    data = apply_overrides(data, list(overrides))
+    return from_dict(RunConfig, with_data_vocab(data))
+
+
+def with_data_vocab(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with ``model.vocab_size`` set from the manifest of ``data.path`` when it is not
+    set and the folder is prepared."""
+    model = data.get("model")
+    if isinstance(model, dict) and "vocab_size" in model:
+        return data
+    d = data.get("data")
+    path = d.get("path") if isinstance(d, dict) else None
+    if not path:
+        return data
+    from pathlib import Path
+
+    from coqat.data.manifest import MANIFEST, load_manifest
+
+    if not (Path(str(path)) / MANIFEST).is_file():
+        return data
+    vocab = load_manifest(str(path)).vocab_size
+    model = dict(model) if isinstance(model, dict) else {}
+    return {**data, "model": {**model, "vocab_size": vocab}}
 
 
 def run_config_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -9,8 +9,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from coqat.config import from_dict, to_dict
 from coqat.errors import CoqatError
 from coqat.model.llama import Llama
@@ -23,11 +21,12 @@ PROVENANCE_KEYS = ("commit", "time", "config_hash", "data_hash", "version", "dev
 def load_run_model(run_dir: Path) -> tuple[Llama, RunConfig, bool]:
     """The final model of a finished run (fake quantizers attached if it ended in QAT)."""
     from coqat.quant import load_state_dict_checked, prepare
+    from coqat.train.checkpoint import load_checkpoint
 
     path = run_dir / "model.pt"
     if not path.exists():
         raise CoqatError(f"run: {run_dir} has no model.pt (is the run finished?)")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = load_checkpoint(path, hint="train the run again (--no-resume)")
     cfg = from_dict(RunConfig, blob["config"])
     model = Llama(cfg.model)
     if blob["quantized"]:
@@ -193,7 +192,7 @@ def evaluate_path(
     path: Path, *, data: str | None = None, val_tokens: int = 0, device: str = "auto"
 ) -> dict[str, Any]:
     """Validation loss of an export folder (any format; checksums verified) or a run folder
-    (model.pt)."""
+    (model.pt), and the number of validation tokens it was measured on."""
     from coqat.quant.files import read_config
     from coqat.train.run import Trainer
 
@@ -206,8 +205,8 @@ def evaluate_path(
 
         model, info = load_export(path)
         run_cfg = info["meta"].get("run_config") or {}
-        cfg = from_dict(RunConfig, run_cfg) if run_cfg else RunConfig(model=model.cfg)
         kind = "export"
+        cfg = from_dict(RunConfig, run_cfg) if run_cfg else RunConfig(model=model.cfg)
     else:
         model, cfg, _ = load_run_model(path)
         kind = "run"
@@ -225,4 +224,10 @@ def evaluate_path(
     tr = Trainer(cfg)
     model = model.to(tr.device)
     loss = tr.evaluate(model)
-    return {"kind": kind, "path": str(path), "val_loss": loss, "val_tokens": cfg.data.val_tokens}
+    return {
+        "kind": kind,
+        "path": str(path),
+        "val_loss": loss,
+        "val_tokens": tr.last_eval_tokens,
+        "val_tokens_requested": cfg.val_tokens,
+    }

@@ -1,4 +1,4 @@
-"""Metrics as JSON Lines, one object per event; optional TensorBoard / W&B mirrors if installed."""
+"""Metrics as JSON Lines, one object per event; a TensorBoard mirror with COQAT_TENSORBOARD=1."""
 
 from __future__ import annotations
 

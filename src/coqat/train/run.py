@@ -8,6 +8,7 @@ run branched from a trunk checkpoint follows exactly the arithmetic of the same 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
@@ -51,7 +52,9 @@ from coqat.train.phases import (
     plan_phases,
     run_accounting,
 )
+from coqat.train.progress import RunProgress
 from coqat.train.step import StepRunner
+from coqat.train.threads import configure_cpu_threads
 from coqat.train.timing import Clock
 
 CHECKPOINT = "checkpoint.pt"
@@ -146,6 +149,8 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.cuda = self.device.type == "cuda"
+        if not self.cuda:
+            configure_cpu_threads()
         self.use_compile = cfg.compile == "on" or (cfg.compile == "auto" and self.cuda)
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.cuda)
         self.progress = progress
@@ -185,7 +190,8 @@ class Trainer:
         self.step = 0
         self.optimizer = self._make_optimizer()
         self.info: dict[str, Any] = {}  # partial results carried in checkpoints
-        self.wall = {"fp": 0.0, "qat": 0.0}
+        self.wall = {"fp": 0.0, "qat": 0.0, "eval": 0.0}
+        self.last_eval_tokens = 0
         if cfg.device != "cpu" and self.cuda:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -332,7 +338,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module | None = None) -> float:
-        """Mean validation loss over the fixed validation windows (``data.val_tokens``)."""
+        """Mean validation loss over the fixed validation windows (``cfg.val_tokens``); the
+        number of target tokens it read is left in ``last_eval_tokens``."""
         from coqat.data import validation_windows
 
         t0 = self.clock.begin()
@@ -340,7 +347,7 @@ class Trainer:
         fn = _eager_forward_loss  # evaluation is cheap, a compile per phase is not
         total, count = 0.0, 0
         windows = validation_windows(
-            self.val_ds, self.cfg.model.seq_len, self.cfg.data.val_tokens, self.cfg.optim.micro
+            self.val_ds, self.cfg.model.seq_len, self.cfg.val_tokens, self.cfg.optim.micro
         )
         # a sharded model's forward is a collective: every rank runs as many batches
         for arr, counted in rank_share(windows, self.dist, lockstep=model is self.model and
@@ -357,6 +364,7 @@ class Trainer:
             t = torch.tensor([total, count], dtype=torch.float64, device=self.device)
             total, count = all_reduce_sum(t, self.dist).tolist()
         self.clock.end("eval", t0)
+        self.last_eval_tokens = int(count)
         return total / count
 
     def evaluate_ptq(self) -> float:
@@ -459,8 +467,24 @@ class Trainer:
         }
 
 
+logger = logging.getLogger(__name__)
+
+
 def _log_every(plan: PhasePlan) -> int:
     return max(1, min(10, plan.steps // 50 or 1))
+
+
+def _timed_eval(tr: Trainer, progress: RunProgress | None, ptq: bool = False) -> float:
+    """``tr.evaluate()`` (``ptq``: of the model's PTQ copy), its time kept in
+    ``tr.wall['eval']``, not in the phase's."""
+    if progress is not None:
+        progress.eval_begin()
+    t = time.perf_counter()
+    loss = tr.evaluate_ptq() if ptq else tr.evaluate()
+    tr.wall["eval"] = tr.wall.get("eval", 0.0) + time.perf_counter() - t
+    if progress is not None:
+        progress.eval_end(None if ptq else loss)
+    return loss
 
 
 def _run_steps(
@@ -472,12 +496,15 @@ def _run_steps(
     eval_steps: set[int],
     ckpt_steps: set[int],
     ckpt_path: Path | None,
-    bar: Any = None,
+    progress: RunProgress | None = None,
 ) -> None:
-    """Advance ``tr`` to step ``until``, logging, evaluating and checkpointing on the way."""
+    """Advance ``tr`` to step ``until``, logging, evaluating and checkpointing on the way.
+    ``tr.wall[phase]`` and the logged tokens/s count training time only."""
     cfg = tr.cfg
     every = _log_every(tr.plan)
     limit = cfg.divergence_factor * math.log(cfg.model.vocab_size)
+    if progress is not None:
+        progress.set_phase(phase)
     t0 = time.perf_counter()
     last_t, last_step = t0, tr.step
     tr.clock.start(tr.step)
@@ -505,16 +532,20 @@ def _run_steps(
                     grad_norm=float(gnorm),
                     tokens_per_s=tps,
                 )
-            if bar is not None:
-                bar.update(s, loss=lv)
+            if progress is not None:
+                progress.update(s, loss=lv)
         if s in eval_steps:
-            vl = tr.evaluate()
+            tr.wall[phase] += time.perf_counter() - t0
+            vl = _timed_eval(tr, progress)
+            t0 = last_t = time.perf_counter()
+            last_step = s
             if log is not None:
                 log.write(step=s, tokens=s * tr.plan.tokens_per_step, phase=phase, val_loss=vl)
         if ckpt_path is not None and s in ckpt_steps and s < tr.plan.steps:
             tr.wall[phase] += time.perf_counter() - t0
-            t0 = time.perf_counter()
             tr.save(ckpt_path)
+            t0 = last_t = time.perf_counter()
+            last_step = s
     tr.wall[phase] = tr.wall.get(phase, 0.0) + time.perf_counter() - t0
 
 
@@ -534,26 +565,70 @@ RESUME_FREE = ("data.path", "data.verify", "device", "compile", "compile_mode", 
                "perf.batches", "perf.cuda_graph")
 
 
-def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
-    """Refuse to resume ``run_dir``'s checkpoint under a configuration that trains differently
-    from the one saved beside it (another fraction, a changed default, ...): the result would
-    belong to neither. Settings in RESUME_FREE may differ."""
+def _changed_fields(run_dir: Path, cfg: RunConfig) -> list[str] | None:
+    """Settings of ``cfg`` (outside RESUME_FREE) that differ from ``run_dir/config.json``, as
+    ``key: saved -> now``; None when the folder has no config.json."""
     path = run_dir / "config.json"
     if not path.exists():
-        return
-    saved, now = flatten(json.loads(path.read_text())), flatten(to_dict(cfg))
+        return None
+    try:
+        saved = flatten(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise CoqatError(f"{path}: unreadable ({e}); train in a new folder") from None
+    now = flatten(to_dict(cfg))
     missing = "(not set)"
-    changed = [
+    return [
         f"{k}: {saved.get(k, missing)!r} -> {now.get(k, missing)!r}"
         for k in sorted(set(saved) | set(now))
         if k not in RESUME_FREE and saved.get(k, missing) != now.get(k, missing)
     ]
+
+
+def _check_resume_config(run_dir: Path, cfg: RunConfig, what: str = "a checkpoint") -> None:
+    """Refuse to resume ``run_dir``'s checkpoint (or return its finished result) under a
+    configuration that trains differently from the one saved beside it (another fraction, a
+    changed default, ...): the result would belong to neither. Settings in RESUME_FREE may
+    differ."""
+    changed = _changed_fields(run_dir, cfg)
     if changed:
         raise ConfigError(
             "resume",
-            f"{run_dir} holds a checkpoint of another configuration ({'; '.join(changed)}); "
-            "resume with the saved settings (its config.json) or train in a new folder",
+            f"{run_dir} holds {what} of another configuration ({'; '.join(changed)}); "
+            "resume with the saved settings (its config.json), train in a new folder or pass "
+            "--no-resume to start over",
         )
+
+
+def _finished_result(run_dir: Path, cfg: RunConfig) -> dict[str, Any]:
+    """The saved result of the finished run in ``run_dir``, after checking that it is a run of
+    ``cfg`` (config.json, else the result's config hash) on ``cfg``'s data (manifest hash)."""
+    path = run_dir / "result.json"
+    try:
+        result = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CoqatError(f"{path}: unreadable ({e}); delete it or pass --no-resume") from None
+    what = "a finished run"
+    if _changed_fields(run_dir, cfg) is None and result.get("config_hash") != config_hash(cfg):
+        raise ConfigError(
+            "resume",
+            f"{run_dir} holds {what} of another configuration (config hash "
+            f"{result.get('config_hash')} -> {config_hash(cfg)}; its config.json is missing); "
+            "train in a new folder or pass --no-resume to start over",
+        )
+    _check_resume_config(run_dir, cfg, what)
+    prepared = cfg.data.path and (Path(cfg.data.path) / "manifest.json").exists()
+    if prepared and result.get("data_hash"):
+        from coqat.data import load_manifest
+
+        now = load_manifest(cfg.data.path).data_hash
+        if now != result["data_hash"]:
+            raise ConfigError(
+                "data.path",
+                f"{run_dir} holds {what} trained on other data (data hash "
+                f"{result['data_hash']}, {cfg.data.path} has {now}); train in a new folder or "
+                "pass --no-resume to start over",
+            )
+    return result
 
 
 def execute(
@@ -574,7 +649,7 @@ def execute(
     run_dir.mkdir(parents=True, exist_ok=True)
     result_path = run_dir / "result.json"
     if resume and result_path.exists():
-        return json.loads(result_path.read_text())
+        return _finished_result(run_dir, cfg)
     ckpt = run_dir / CHECKPOINT
     if resume and ckpt.exists():
         _check_resume_config(run_dir, cfg)
@@ -583,10 +658,11 @@ def execute(
     if main:
         atomic_write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
     plan = tr.plan
-    if resume and ckpt.exists():
+    resumed = resume and ckpt.exists()
+    if resumed:
         tr.load_state_dict(load_checkpoint(ckpt))
     elif start_from is not None:
-        sd = load_checkpoint(Path(start_from))
+        sd = load_checkpoint(Path(start_from), hint="delete it to have its trunk trained again")
         if int(sd["step"]) != plan.branch_step:
             raise CoqatError(
                 f"start_from: checkpoint is at step {sd['step']}, the run branches at step "
@@ -594,12 +670,16 @@ def execute(
             )
         tr.load_state_dict(sd, as_branch=True)
         tr.info["branched_from"] = str(start_from)
+        tr.info["branch_step"] = plan.branch_step
     barrier(tr.dist)
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=tr.step) if main else NullLog()
-    evals = _schedule_points(cfg, plan, cfg.eval_every, 10)
+    evals = _eval_points(cfg, plan)
     ckpts = _schedule_points(cfg, plan, cfg.checkpoint_every, 1) if cfg.checkpoint_every else set()
     ckpts |= {plan.fp_steps}
-    bar = _progress_bar(plan, tr.step) if progress and main else None
+    prog = None
+    if progress and main:
+        how = "resuming" if resumed else f"branching from {start_from}"
+        prog = _run_progress(cfg, plan, tr.step, evals, run_dir, how)
     status = "done"
     try:
         if tr.step < plan.fp_steps:
@@ -611,18 +691,29 @@ def execute(
                 eval_steps=evals,
                 ckpt_steps=ckpts,
                 ckpt_path=ckpt,
-                bar=bar,
+                progress=prog,
             )
         if not plan.fp_only and not tr.quantized:
             if plan.fp_steps > 0 and "loss_fp" not in tr.info:
-                tr.info["loss_fp"] = tr.evaluate()
-                tr.info["loss_ptq"] = tr.evaluate_ptq()
+                tr.info["loss_fp"] = _timed_eval(tr, prog)
+                tr.info["loss_ptq"] = _timed_eval(tr, prog, ptq=True)
                 log.write(
                     step=tr.step,
                     tokens=plan.d_fp,
                     phase="fp",
                     val_loss=tr.info["loss_fp"],
                     val_loss_ptq=tr.info["loss_ptq"],
+                )
+            if plan.fp_steps > 0 and prog is not None:
+                prog.message(
+                    "FP phase done at step %d (%s tokens): val loss %.4f, after PTQ to %g bits "
+                    "%.4f%s",
+                    plan.fp_steps,
+                    f"{plan.d_fp:,}",
+                    tr.info["loss_fp"],
+                    cfg.qat.bits,
+                    tr.info["loss_ptq"],
+                    f"; QAT for {plan.qat_steps} steps" if plan.qat_steps else "",
                 )
             if plan.qat_steps > 0:
                 tr.enter_qat()
@@ -635,28 +726,29 @@ def execute(
                 eval_steps=evals,
                 ckpt_steps=ckpts,
                 ckpt_path=ckpt,
-                bar=bar,
+                progress=prog,
+            )
+        if plan.qat_steps == 0 and not plan.fp_only:
+            final = tr.info["loss_fp"]  # f = 0: the FP model was evaluated before PTQ
+        else:
+            final = _timed_eval(tr, prog)
+            log.write(
+                step=tr.step,
+                tokens=tr.step * plan.tokens_per_step,
+                phase="qat" if tr.quantized else "fp",
+                val_loss=final,
+                final=True,
             )
     except Diverged:
         status = "diverged"
-    finally:
-        if bar is not None:
-            bar.close()
-    if status == "done" and plan.qat_steps == 0 and not plan.fp_only:
-        final = tr.info["loss_fp"]  # f = 0: the FP model was evaluated before PTQ
-    elif status == "done":
-        final = tr.evaluate()
-        log.write(
-            step=tr.step,
-            tokens=tr.step * plan.tokens_per_step,
-            phase="qat" if tr.quantized else "fp",
-            val_loss=final,
-            final=True,
-        )
-    else:
         final = float("nan")
+    finally:
+        if prog is not None:
+            prog.close()
     result = _result_record(tr, status, final)
     weights = tr.final_weights() if status == "done" else None  # a collective when sharded
+    if prog is not None:
+        _log_result(result, run_dir)
     if not main:
         log.close()
         barrier(tr.dist)
@@ -675,6 +767,46 @@ def execute(
     return result
 
 
+def _eval_points(cfg: RunConfig, plan: PhasePlan) -> set[int]:
+    """Steps of the intermediate evaluations: every ``eval_every`` tokens (10 a run by
+    default), less the steps where the run evaluates anyway (the FP->QAT switch, the end)."""
+    pts = _schedule_points(cfg, plan, cfg.eval_every, 10) - {plan.steps}
+    return pts if plan.fp_only else pts - {plan.fp_steps}
+
+
+def _run_progress(
+    cfg: RunConfig, plan: PhasePlan, step: int, evals: set[int], run_dir: Path, how: str
+) -> RunProgress:
+    switch = 2 if not plan.fp_only and 0 < plan.fp_steps and step <= plan.fp_steps else 0
+    final = 0 if plan.qat_steps == 0 and not plan.fp_only else 1
+    n_evals = len([s for s in evals if s > step]) + switch + final
+    logger.info(
+        "training %s: %s tokens in %d steps (FP %d, QAT %d at %g bits), %s val tokens per "
+        "evaluation%s",
+        run_dir,
+        f"{plan.tokens:,}",
+        plan.steps,
+        plan.fp_steps,
+        plan.qat_steps,
+        cfg.qat.bits,
+        f"{cfg.val_tokens:,}",
+        f"; {how} at step {step}" if step else "",
+    )
+    return RunProgress(plan.steps, plan.tokens_per_step, step, label="train", evals=n_evals)
+
+
+def _log_result(result: dict[str, Any], run_dir: Path) -> None:
+    logger.info(
+        "%s %s: val loss %.4f; train %.1f s (%s tok/s), eval %.1f s",
+        run_dir,
+        result["status"],
+        result["loss"],
+        result["wall_fp"] + result["wall_qat"],
+        f"{result['tokens_per_s']:,.0f}",
+        result["wall_eval"],
+    )
+
+
 def _result_record(tr: Trainer, status: str, final: float) -> dict[str, Any]:
     cfg, plan = tr.cfg, tr.plan
     if plan.fp_only:
@@ -687,6 +819,7 @@ def _result_record(tr: Trainer, status: str, final: float) -> dict[str, Any]:
         else:
             loss = final
     wall_total = tr.wall.get("fp", 0.0) + tr.wall.get("qat", 0.0)
+    trained_tokens = (tr.step - tr.info.get("branch_step", 0)) * plan.tokens_per_step
     return {
         "status": status,
         "loss": loss,
@@ -695,7 +828,7 @@ def _result_record(tr: Trainer, status: str, final: float) -> dict[str, Any]:
         **run_accounting(cfg),
         "wall_fp": tr.wall.get("fp", 0.0),
         "wall_qat": tr.wall.get("qat", 0.0),
-        "tokens_per_s": plan.tokens / wall_total if wall_total > 0 else float("nan"),
+        "tokens_per_s": trained_tokens / wall_total if wall_total > 0 else float("nan"),
         **tr.run_info(),
         "device": torch.cuda.get_device_name() if tr.cuda else "cpu",
         "host": socket.gethostname(),
@@ -745,7 +878,9 @@ def train_trunk(
     if sd is not None and (done and int(sd["step"]) <= done[-1] or int(sd["step"]) > todo[0]):
         sd = None  # a branch checkpoint is as far, or it is past the step needed first
     if sd is None and done:
-        sd = load_checkpoint(saved[done[-1]])
+        sd = load_checkpoint(
+            saved[done[-1]], hint="delete it to train the trunk from the one before"
+        )
     if sd is not None:
         tr.load_state_dict(sd)
     barrier(tr.dist)
@@ -755,7 +890,11 @@ def train_trunk(
     log = (
         MetricsLog(trunk_dir / "metrics.jsonl", resume_step=tr.step) if tr.dist.main else NullLog()
     )
-    bar = _progress_bar(tr.plan, tr.step) if progress and tr.dist.main else None
+    prog = None
+    if progress and tr.dist.main:
+        logger.info("training the FP trunk %s to step %d (%s)", trunk_dir, todo[-1],
+                    ", ".join(map(str, todo)))  # fmt: skip
+        prog = RunProgress(todo[-1], tr.plan.tokens_per_step, tr.step, label="trunk")
     try:
         for s in todo:
             _run_steps(
@@ -766,38 +905,11 @@ def train_trunk(
                 eval_steps=set(),
                 ckpt_steps=ckpts,
                 ckpt_path=periodic,
-                bar=bar,
+                progress=prog,
             )
             tr.save(paths[s])
     finally:
-        if bar is not None:
-            bar.close()
+        if prog is not None:
+            prog.close()
         log.close()
     return paths
-
-
-class _Bar:
-    def __init__(self, total: int, start: int):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.p = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeRemainingColumn(),
-        )
-        self.task = self.p.add_task("train", total=total, completed=start, loss=float("nan"))
-        self.p.start()
-
-    def update(self, step: int, loss: float) -> None:
-        self.p.update(self.task, completed=step, loss=loss)
-
-    def close(self) -> None:
-        self.p.stop()
-
-
-def _progress_bar(plan: PhasePlan, start: int) -> _Bar | None:
-    import sys
-
-    return _Bar(plan.steps, start) if sys.stderr.isatty() else None
