@@ -10,8 +10,7 @@ import traceback
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import tiny_run_config
+from helpers import tiny_run_config
 
 TINY = [
     "--size", "tiny", "--tokens", "10240", "--device", "cpu", "--compile", "off",

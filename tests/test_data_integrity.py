@@ -37,9 +37,10 @@ def _flip_same_size(path, offset=1000):
 def test_training_refuses_a_same_size_corruption(own_data, tmp_path):
     """The default run config checks the token files' hashes: a corruption that keeps the size
     (even with the mtime set back) is refused before training."""
+    from helpers import tiny_run_config
+
     from coqat.errors import DataError
     from coqat.train.run import execute
-    from tests.conftest import tiny_run_config
 
     cfg = tiny_run_config(own_data, **{"qat.fraction": 0.5})
     assert cfg.data.verify == "hash"

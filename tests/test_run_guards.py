@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from tests.conftest import tiny_run_config
+from helpers import tiny_run_config
 
 
 def test_finished_run_refuses_another_configuration(tiny_data, tmp_path):

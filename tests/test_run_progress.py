@@ -6,8 +6,7 @@ import json
 import logging
 
 import pytest
-
-from tests.conftest import tiny_run_config
+from helpers import tiny_run_config
 
 
 def _events(run_dir):
@@ -118,11 +117,11 @@ def test_sweep_plan_uses_the_cpu_rate_without_cuda(monkeypatch):
     """device auto on a machine without CUDA is timed at the CPU rate, not the H200 table."""
     from coqat.config import from_dict
     from coqat.model.config import flops_per_token
-    from coqat.sweep import tree
+    from coqat.sweep import throughput
     from coqat.train.config import RunConfig
 
     cfg = from_dict(RunConfig, {"size": "tiny", "device": "auto"})
-    monkeypatch.setattr(tree, "_cuda_available", lambda: False)
-    assert tree.tokens_per_s_for(cfg) == tree.CPU_FLOPS / flops_per_token(cfg.model)
-    monkeypatch.setattr(tree, "_cuda_available", lambda: True)
-    assert tree.tokens_per_s_for(cfg) > 1e6  # the GPU table
+    monkeypatch.setattr(throughput, "_cuda_available", lambda: False)
+    assert throughput.tokens_per_s(cfg) == throughput.CPU_FLOPS / flops_per_token(cfg.model)
+    monkeypatch.setattr(throughput, "_cuda_available", lambda: True)
+    assert throughput.tokens_per_s(cfg) > 1e6  # the GPU table

@@ -355,7 +355,6 @@ class TokensPerBitClosedForm(SizedFractionClosedForm):
 
     name = "closed-form-tpb"
     param_names = ["a"]
-    bounds = {"a": (0.0, 100.0)}
     K = SizedFractionClosedForm.N0 / 8.0  # tokens per bit at which x = 1
 
     def __init__(self, a: float = PAPER_A, source: str | None = None):

@@ -46,6 +46,11 @@ class DataConfig:
             "data.val_tokens",
             f"must be >= 0 (0 = proportional to the run), got {self.val_tokens}",
         )
+        check(
+            self.train_tokens >= 0,
+            "data.train_tokens",
+            f"must be >= 0 (0 = the whole train split), got {self.train_tokens}",
+        )
 
 
 @dataclass(frozen=True)

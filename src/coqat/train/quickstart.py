@@ -70,8 +70,8 @@ def _prepare_data(out: Path, vocab: int) -> Path:
 def _train_seed(q: Quickstart, out: Path, data_dir: Path, seed: int) -> dict[float, dict]:
     """Every fraction of one seed: one shared FP trunk, each run branched from it at its own
     step (QAT from scratch, f = 1, trains alone)."""
-    from coqat.train.phases import plan_phases
-    from coqat.train.run import execute, train_trunk, trunk_key
+    from coqat.train.phases import plan_phases, trunk_identity
+    from coqat.train.run import execute, train_trunk
 
     cfgs = {f: q.run_config(data_dir, f, seed) for f in q.fractions}
     branch = {f: plan_phases(c).branch_step for f, c in cfgs.items()}
@@ -81,7 +81,10 @@ def _train_seed(q: Quickstart, out: Path, data_dir: Path, seed: int) -> dict[flo
         any_cfg = next(iter(cfgs.values()))
         from coqat.data import load_manifest
 
-        tdir = out / "trunks" / trunk_key(any_cfg, load_manifest(data_dir).data_hash)
+        # the trunk's folder is named by what it depends on (coqat.sweep.keys.trunk_key keys a
+        # sweep's trunks the same way, with the code version too)
+        ident = config_hash(trunk_identity(any_cfg), load_manifest(data_dir).data_hash)
+        tdir = out / "trunks" / ident
         ckpts = train_trunk(any_cfg, tdir, shared, progress=True)
     results = {}
     for f, cfg in cfgs.items():
