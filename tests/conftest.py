@@ -26,3 +26,40 @@ def tiny_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "tiny"
     prepare([sample_path()], out, vocab_size=512, val_fraction=0.05, max_docs=200)
     return out
+
+
+@pytest.fixture(scope="session")
+def fake_sweep_store(tmp_path_factory):
+    """A results store of a finished fake sweep (``--engine fake``: synthetic losses, no
+    training): sizes tiny and 2m, S 20 and 200, bits 2, 4 and FP, six fractions, both
+    schedules. Returns the store's path."""
+    import os
+
+    from coqat.sweep.spec import expand, spec_from_dict
+    from coqat.sweep.store import Store
+    from coqat.sweep.worker import work
+
+    d = tmp_path_factory.mktemp("fake-sweep")
+    spec = spec_from_dict(
+        {
+            "name": "r",
+            "base": {
+                "model": {"seq_len": 64, "vocab_size": 512},
+                "optim": {"batch_size": 8},
+                "device": "cpu",
+            },
+            "sizes": ["tiny", "2m"],
+            "s_total": [20, 200],
+            "bits": [2, 4, 16],
+            "fractions": [0, 0.1, 0.25, 0.5, 0.75, 1],
+            "schedules": ["fused", "standard"],
+        }
+    )
+    with Store(d / "s.db") as st:
+        st.register(expand(spec), "r", d / "root", version="v")
+    os.environ["COQAT_FAKE_DELAY"] = "0"
+    try:
+        work(d / "s.db", engine="fake", version="v", poll_s=0.01, log=lambda m: None)
+    finally:
+        del os.environ["COQAT_FAKE_DELAY"]
+    return d / "s.db"

@@ -379,15 +379,16 @@ def test_memory_budget_with_embedding_bits():
 
 
 def test_shipped_fraction_law_is_the_reference_size_term_fit():
-    """reference-linux-c-fraction: the closed form with a size term that analyze.py fits on the
-    reference f* (its parameters are summary.json's), loaded by name; the planner uses N."""
+    """reference-linux-c-fraction: the closed form with a size term that `coqat report
+    --experiment experiments/reference` fits on the reference f* (its parameters are
+    summary.json's), loaded by name; the planner uses N."""
     from coqat.law import SizedFractionClosedForm
     from coqat.plan import load_law
 
     law = load_law("reference-linux-c-fraction")
     assert isinstance(law, SizedFractionClosedForm)
     summary = Path(__file__).resolve().parents[1] / "experiments/reference/summary.json"
-    v = json.loads(summary.read_text())["decay"]["total"]["closed_form_variants"]["S (N / 1e7)^g"]
+    v = json.loads(summary.read_text())["basis"]["total"]["closed_form"]["trained"]["sized"]
     assert law.params_ == pytest.approx(v["params"], rel=1e-6)
     assert law.provenance["mae_loo"] == pytest.approx(v["mae_loo"])
     small = optimal_fraction(law, 17e6, 173e6, 1)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import numpy as np
 import pytest
 
-from coqat.sweep.report import build_report, closed_form, measured_fstar, refine_argmin
-from coqat.sweep.spec import expand, spec_from_dict
+from coqat.sweep.report import build_report, closed_form, measured_fstar
 from coqat.sweep.store import Store
 
 # a law fitted once on a fake sweep (coqat.law.QATLaw), to avoid a minute of fitting in tests
@@ -35,42 +33,9 @@ LAW_PARAMS = {
 
 
 @pytest.fixture(scope="module")
-def fake_store(tmp_path_factory):
-    from coqat.sweep.worker import work
-
-    d = tmp_path_factory.mktemp("rep")
-    spec = spec_from_dict(
-        {
-            "name": "r",
-            "base": {
-                "model": {"seq_len": 64, "vocab_size": 512},
-                "optim": {"batch_size": 8},
-                "device": "cpu",
-            },
-            "sizes": ["tiny", "2m"],
-            "s_total": [20, 200],
-            "bits": [2, 4, 16],
-            "fractions": [0, 0.1, 0.25, 0.5, 0.75, 1],
-            "schedules": ["fused", "standard"],
-        }
-    )
-    st = Store(d / "s.db")
-    st.register(expand(spec), "r", d / "root", version="v")
-    os.environ["COQAT_FAKE_DELAY"] = "0"
-    try:
-        work(d / "s.db", engine="fake", version="v", poll_s=0.01, log=lambda m: None)
-    finally:
-        del os.environ["COQAT_FAKE_DELAY"]
-    st.close()
-    return d
-
-
-def test_refine_argmin():
-    f = np.array([0.0, 0.1, 0.25, 0.5, 1.0])
-    L = 3.0 + (f - 0.2) ** 2
-    assert refine_argmin(f, L) == pytest.approx(0.2)  # exact for a parabola
-    assert refine_argmin(f, 3.0 + f) == 0.0  # at the end of the grid: the argmin itself
-    assert refine_argmin(f[::-1], (3.0 + (f - 0.2) ** 2)[::-1]) == pytest.approx(0.2)
+def fake_store(fake_sweep_store):
+    """The folder of the shared fake sweep's store (conftest.fake_sweep_store), as s.db."""
+    return fake_sweep_store.parent
 
 
 def _rec(f, loss, schedule="fused", size="x", N=1e6, variant=None):
@@ -230,25 +195,8 @@ def test_variant_labels_are_the_same_at_every_size():
     assert groups == {"": 2, "[qat.cooldown_of=total]": 2}
 
 
-def test_report_experiment_runs_the_folders_analysis_then_the_report(fake_store, tmp_path, capsys):
-    """--experiment DIR runs DIR/analyze.py in DIR, then reports DIR/results.sqlite into
-    DIR/report; a failing analysis is an error with its exit code, not a silent report."""
-    import shutil
-
+def test_report_needs_an_output_folder_for_a_store(fake_store, capsys):
     from coqat.cli import main
 
-    exp = tmp_path / "exp"
-    exp.mkdir()
-    (exp / "analyze.py").write_text(
-        "from pathlib import Path\nPath('figures').mkdir()\nPath('figures/a.txt').write_text('x')\n"
-    )
-    shutil.copy(fake_store / "s.db", exp / "results.sqlite")
-    assert main(["report", "--experiment", str(exp)]) == 0
-    assert (exp / "figures" / "a.txt").read_text() == "x"  # ran with DIR as working directory
-    _check_html(exp / "report" / "report.html")
-
-    (exp / "analyze.py").write_text("raise SystemExit(3)\n")
-    assert main(["report", "--experiment", str(exp)]) == 2
-    assert "analyze.py exited with code 3" in capsys.readouterr().err
-    assert main(["report", "--store", str(exp / "results.sqlite")]) == 2
+    assert main(["report", "--store", str(fake_store / "s.db")]) == 2
     assert "--out: required" in capsys.readouterr().err

@@ -127,8 +127,9 @@ class QATLaw(ChinchillaFirstLaw):
         ("mu", False, 0.0, 5.0, 0.2, 2.0),
         ("nu", False, -1.0, 2.0, 0.0, 0.5),
         # xi >= 0: with xi <= 0 (and rho >= 0) the penalty falls monotonically in f at fixed D (no
-        # interior optimum, f_opt = 1 everywhere); on the reference data (142 runs, session 5) a
-        # free xi went to its old bound -1 for a 0.1% lower objective and that degenerate optimum
+        # interior optimum, f_opt = 1 everywhere); on the reference data (142 runs at commit
+        # 5dbf2aa) a free xi went to its old bound -1 for a 0.1% lower objective and that
+        # degenerate optimum
         ("xi", False, 0.0, 3.0, 0.1, 1.0),
         ("rho", False, -1.0, 3.0, 0.0, 1.0),
     ]

@@ -98,16 +98,29 @@ def holdout(
 
 
 def compare(
-    runs: Runs, law_classes: list[Any], rule: Any = "largest-N", **fit_settings: Any
+    runs: Runs,
+    law_classes: list[Any],
+    rule: Any = "largest-N",
+    *,
+    fitted: dict[str, Any] | None = None,
+    **fit_settings: Any,
 ) -> list[dict[str, Any]]:
     """Model comparison table (one dict per law, sorted by held-out mean relative error).
 
     Columns: law, k (parameters), in-sample MAE / mean rel err / AIC / BIC (full-data fit, Gaussian
     log-likelihood of the log residuals), held-out mean / max relative error and compute ratio.
+    ``fitted``: a cache of the full-data fits by law name (filled here), so that comparing the
+    same runs under several rules fits each law on all of them once.
     """
     rows = []
     for cls in law_classes:
-        full = (cls() if isinstance(cls, type) else cls).fit(runs, **fit_settings)
+        law = cls() if isinstance(cls, type) else cls
+        if fitted is not None and law.name in fitted:
+            full = fitted[law.name]
+        else:
+            full = law.fit(runs, **fit_settings)
+            if fitted is not None:
+                fitted[law.name] = full
         rep = holdout(runs, type(full), rule, **fit_settings)
         rows.append(
             {

@@ -1,11 +1,10 @@
-"""``coqat sweep plan|run|status``, ``coqat results export`` and ``coqat report``."""
+"""``coqat sweep plan|run|status``, ``coqat results export|import`` and ``coqat report``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 
@@ -129,10 +128,11 @@ def add_parser(subparsers: Any) -> None:
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=_status)
 
-    res = subparsers.add_parser("results", help="export results from a store",
-                                description="Export a results store for the law fitter.")
+    res = subparsers.add_parser("results", help="export results from a store, or import runs",
+                                description="Export a results store for the law fitter, or "
+                                "import finished runs into one.")
     res.set_defaults(func=lambda a: res.print_help())
-    rsub = res.add_subparsers(dest="results_command", metavar="{export}")
+    rsub = res.add_subparsers(dest="results_command", metavar="{export,import}")
     e = rsub.add_parser(
         "export", help="write finished runs as CSV or Parquet",
         description="Write the runs (N, D_fp, D_qat, bits, loss, cluster, ... ) as CSV or "
@@ -146,6 +146,19 @@ def add_parser(subparsers: Any) -> None:
     e.add_argument("--all", action="store_true",
                    help="every run (also pending/diverged/failed), not only finished ones")
     e.set_defaults(func=_export)
+    im = rsub.add_parser(
+        "import", help="add finished runs from JSONL or CSV files to a store",
+        description="Add finished runs (one record each: result fields, the resolved `config`, "
+        "provenance such as commit, time, device and call) to a results store, keeping their "
+        "keys (a record without one: <config_hash>-<call>). Idempotent: known keys are left "
+        "as they are.",
+    )
+    im.add_argument("files", nargs="+", metavar="FILE", help=".jsonl or .csv files of runs")
+    im.add_argument("--store", required=True,
+                    help="results store (SQLite file; created if missing)")
+    im.add_argument("--sweep", default=None,
+                    help="sweep name the runs are listed under (default: each file's stem)")
+    im.set_defaults(func=_import)
 
     rep = subparsers.add_parser(
         "report", help="figures and a self-contained HTML report of a sweep",
@@ -158,9 +171,9 @@ def add_parser(subparsers: Any) -> None:
     src.add_argument("--runs", help="runs file (.csv/.parquet/.jsonl) from `coqat results export`")
     src.add_argument(
         "--experiment", metavar="DIR",
-        help="an experiment folder (e.g. experiments/reference): runs DIR/analyze.py, which "
-        "redraws the figures of DIR/README.md and rewrites DIR/summary.json from the committed "
-        "results, then this report of DIR/results.sqlite (default --out DIR/report)",
+        help="an experiment folder (e.g. experiments/reference): writes its summary, figures and "
+        "README from DIR/analysis.yaml and its results store (coqat.sweep.experiment), then "
+        "this report of the store (default --out DIR/report)",
     )
     rep.add_argument("--law", default=None, help="law JSON (with bootstrap samples for CI bands)")
     rep.add_argument("--out", default=None, help="output folder (required with --store/--runs)")
@@ -396,17 +409,25 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from coqat.sweep.importer import import_files
+
+    for r in import_files(args.files, args.store, sweep=args.sweep):
+        print(f"{r['file']}: {r['new']} new, {r['known']} known (sweep {r['sweep']})")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
-    from coqat.sweep.report import build_report, run_experiment_analysis
+    from coqat.sweep.report import build_report
 
     store, out = args.store, args.out
     if args.experiment is not None:
-        exp = Path(args.experiment)
-        run_experiment_analysis(exp)
-        store, out = exp / "results.sqlite", out or exp / "report"
-        if not store.exists():
-            print(f"no results store {store}: only {exp / 'analyze.py'} ran")
-            return 0
+        from coqat.sweep.experiment import load_experiment, report_experiment
+
+        folder, spec = load_experiment(args.experiment)
+        for what, p in report_experiment(folder).items():
+            print(f"wrote {p} ({what})")
+        store, out = folder / spec.store, out or folder / "report"
     elif out is None:
         from coqat.errors import ConfigError
 

@@ -1,7 +1,7 @@
 """``coqat report``: figures and one self-contained HTML page from a store or a runs file.
 
-``coqat report --experiment DIR`` first runs the folder's own ``analyze.py`` (for
-experiments/reference: every figure and number of its README, from the committed results), then
+``coqat report --experiment DIR`` first writes the experiment folder's summary, figures and
+README (:mod:`coqat.sweep.experiment`, from ``DIR/analysis.yaml`` and the folder's store), then
 this report of ``DIR/results.sqlite``.
 
 Figures (matplotlib, Agg backend; PNGs in the output folder and embedded as base64 in
@@ -18,11 +18,10 @@ Figures (matplotlib, Agg backend; PNGs in the output folder and embedded as base
    requested f and seed; 0 < f < 1).
 5. ``memory_frontier.png``: loss vs model bytes per bit width, with each width's lower envelope.
 
-Measured f* per (size, D_total, bits, schedule): losses are averaged over seeds per fraction; the
-argmin over the measured fractions is refined by the vertex of the parabola through the three
-points around it (the minimum and its two neighbours in f) when the parabola is convex, clipped to
-the neighbours' interval; at an end of the grid the argmin is used as is. The f = 0 and f = 1 runs
-are the same for both schedules (see :mod:`coqat.sweep.spec`) and count in both.
+Measured f* per (size, D_total, bits, schedule): :mod:`coqat.law.analysis` (each seed's runs of
+one call, losses averaged over seeds per fraction, the argmin refined by the parabola through it
+and its two neighbours). The f = 0 and f = 1 runs are the same for both schedules (see
+:mod:`coqat.sweep.spec`) and count in both.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from coqat.law.closed_form import PAPER_A  # the paper constant, defined once
+from coqat.law.closed_form import PAPER_A, FractionClosedForm  # defined once
 
 NUMERIC = (
     "N", "D_fp", "D_qat", "bits", "loss", "loss_fp", "loss_ptq", "D_total", "f", "f_requested",
@@ -249,119 +248,81 @@ def groups(records: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
     return g
 
 
-def refine_argmin(f: np.ndarray, L: np.ndarray) -> float:
-    """argmin of L over f, refined by the parabola vertex (``coqat.law.optimum``)."""
-    from coqat.law.optimum import measured_optimum
-
-    return measured_optimum(f, L)["f_refined"]
-
-
 def measured_fstar(records: list[dict]) -> list[dict]:
-    """Measured f* per (size, D_total, bits, schedule) with >= 3 distinct fractions."""
+    """Measured f* per (size, D_total, bits, schedule) with >= 3 distinct fractions
+    (:func:`coqat.law.analysis.grids`: each seed's runs of one call, seed means, endpoints shared
+    by both schedules)."""
+    from coqat.law.analysis import grids
+
     out = []
-    for (size, D, bits), by_s in sorted(groups(records).items()):
-        for sched, rs in sorted(by_s.items()):
-            per_f: dict[float, list[float]] = defaultdict(list)
-            for r in rs:
-                per_f[round(r["f"], 9)].append(r["loss"])
-            if len(per_f) < 3:
-                continue
-            f = np.array(sorted(per_f))
-            L = np.array([np.mean(per_f[x]) for x in f])
-            fs = refine_argmin(f, L)
-            N = rs[0]["N"]
-            out.append(
-                {
-                    "size": size,
-                    "N": N,
-                    "D_total": D,
-                    "bits": bits,
-                    "schedule": sched,
-                    "S_total": D / (N * bits / 8),
-                    "f_star": fs,
-                    "f_grid_argmin": float(f[int(np.argmin(L))]),
-                    "loss_min": float(L.min()),
-                    "n_fractions": len(f),
-                    "f_hat_paper": closed_form(D / (N * bits / 8)),
-                }
-            )
+    for g in grids(records, by=("size", "D_total", "bits", "schedule"), min_fractions=3,
+                   shared_endpoints=True):
+        o = g.optimum()
+        out.append(
+            {
+                "size": g.labels["size"],
+                "N": g.N,
+                "D_total": g.D,
+                "bits": g.bits,
+                "schedule": g.labels["schedule"],
+                "S_total": g.S_total,
+                "f_star": o["f_refined"],
+                "f_grid_argmin": o["f_grid"],
+                "loss_min": o["loss_grid"],
+                "n_fractions": len(g.f),
+                "f_hat_paper": float(FractionClosedForm().predict_fraction(g.S_total)),
+            }
+        )
+    out.sort(key=lambda x: (x["size"], x["D_total"], x["bits"], x["schedule"]))
     return out
-
-
-def closed_form(S: Any, a: float = PAPER_A) -> Any:
-    S = np.asarray(S, float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lnS = np.log(S)
-        f = np.where(lnS > 1, np.exp(-a / np.where(lnS > 1, lnS, 1.0)), 0.0)
-    f = np.clip(f, 0, 1)
-    return float(f) if f.ndim == 0 else f
-
-
-def refit_a(S: np.ndarray, fstar: np.ndarray) -> float | None:
-    """``a`` of the closed form by MAE on (S, f*) pairs with S > e (None if none)."""
-    from scipy.optimize import minimize_scalar
-
-    S, fstar = np.asarray(S, float), np.asarray(fstar, float)
-    ok = S > math.e
-    if not ok.any():
-        return None
-    res = minimize_scalar(
-        lambda a: np.mean(np.abs(closed_form(S[ok], a) - fstar[ok])),
-        bounds=(0.0, 100.0),
-        method="bounded",
-    )
-    return float(res.x)
 
 
 def refits(fstar: list[dict]) -> list[dict]:
     """The closed form refitted per kind of run: one ``a`` for each (schedule, variant) group of
     measured f* (the variant is the ``[...]`` part ``label_variants`` gave the size label), so
-    that f* of different training settings never enter one fit. Groups with no S > e are left
-    out."""
+    that f* of different training settings never enter one fit
+    (:func:`coqat.law.analysis.closed_form_refits`, on the pairs with S > e). Groups with no
+    S > e are left out."""
+    from coqat.law.analysis import closed_form_refits
+
     by: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for x in fstar:
         size = str(x["size"])
         by[(x["schedule"], size[size.index("[") :] if "[" in size else "")].append(x)
     out = []
     for (sched, variant), xs in sorted(by.items()):
+        xs = [x for x in xs if x["S_total"] > math.e]
+        if not xs:
+            continue
         S = np.array([x["S_total"] for x in xs])
         fs = np.array([x["f_star"] for x in xs])
-        a = refit_a(S, fs)
-        if a is None:
-            continue
-        ok = S > math.e
+        one = np.ones_like(S)
+        cf = closed_form_refits(S, one, S, fs, forms=("paper", "refit_a"), loo=False)
         out.append(
             {
                 "schedule": sched,
                 "variant": variant,
-                "n": int(ok.sum()),
-                "a_refit": a,
-                "mae_paper": float(np.mean(np.abs(closed_form(S[ok]) - fs[ok]))),
-                "mae_refit": float(np.mean(np.abs(closed_form(S[ok], a) - fs[ok]))),
+                "n": len(xs),
+                "a_refit": cf["refit_a"]["params"]["a"],
+                "mae_paper": cf["paper"]["mae_in_sample"],
+                "mae_refit": cf["refit_a"]["mae_in_sample"],
             }
         )
     return out
 
 
 def fusion_pairs(records: list[dict]) -> list[dict]:
-    """Runs paired on (size, D_total, bits, f_requested, seed) with both schedules, 0 < f < 1."""
-    idx: dict[tuple, dict[str, dict]] = defaultdict(dict)
-    for r in records:
-        if r["bits"] >= 16 or not 0 < r["f"] < 1:
-            continue
-        k = (r["size"], int(r["D_total"]), r["bits"], round(r["f_requested"], 9), r["seed"])
-        idx[k][r["schedule"]] = r
-    out = []
-    for (size, D, bits, f, seed), d in sorted(idx.items()):
-        if "fused" in d and "standard" in d:
-            out.append(
-                {
-                    "size": size, "D_total": D, "bits": bits, "f": f, "seed": seed,
-                    "loss_fused": d["fused"]["loss"], "loss_standard": d["standard"]["loss"],
-                    "delta": d["standard"]["loss"] - d["fused"]["loss"],
-                }
-            )
-    return out
+    """Runs paired on (size, D_total, bits, requested f, seed) with both schedules, 0 < f < 1
+    (:func:`coqat.law.analysis.fusion_pairs`; ``delta`` = standard - fused)."""
+    from coqat.law.analysis import fusion_pairs as pairs
+
+    out = pairs(records, by=("size", "D_total", "bits", "seed"))
+    return sorted(out, key=lambda p: (p["size"], p["D_total"], p["bits"], p["f"], p["seed"]))
+
+
+def closed_form(S: Any, a: float = PAPER_A) -> Any:
+    """The closed form f = exp(-a / ln S) (:class:`coqat.law.FractionClosedForm`)."""
+    return FractionClosedForm(a).predict_fraction(np.asarray(S, float))
 
 
 # ----------------------------------------------------------------------------------- figures
@@ -555,24 +516,6 @@ _CSS = (
     "th{background:#eee}img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}"
     ".note{color:#666;font-size:13px}"
 )
-
-
-def run_experiment_analysis(folder: str | Path) -> None:
-    """Run ``folder/analyze.py``, an experiment's own analysis (the reference experiment's draws
-    its README's figures and writes ``summary.json`` from the committed results), in a fresh
-    interpreter with the folder as working directory; a failure raises with its exit code."""
-    import subprocess
-    import sys
-
-    from coqat.errors import DataError
-
-    folder = Path(folder)
-    script = folder / "analyze.py"
-    if not script.is_file():
-        raise DataError(f"--experiment: {script} does not exist (an experiment folder has one)")
-    rc = subprocess.run([sys.executable, script.name], cwd=folder).returncode
-    if rc != 0:
-        raise DataError(f"--experiment: {script} exited with code {rc}")
 
 
 def build_report(
