@@ -779,6 +779,19 @@ class Store:
                 (claim["key"], claim["owner"]),
             )
 
+    def release_owner(self, owner: str) -> int:
+        """Give back every claim ``owner`` holds (a worker interrupted between a claim and the
+        code that would release it); returns how many."""
+        n = 0
+        with self.tx() as db:
+            for table in ("runs", "trunks"):
+                n += db.execute(
+                    f"UPDATE {table} SET status='pending', owner=NULL, lease_until=NULL, "
+                    f"attempts=max(attempts-1, 0) WHERE owner=? AND status='running'",
+                    (owner,),
+                ).rowcount
+        return n
+
     # ------------------------------------------------------------------------ results
     def complete(self, key: str, result: dict[str, Any]) -> bool:
         """Record a finished run (``result['status']``: 'done' or 'diverged'). A run already

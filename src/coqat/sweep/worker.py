@@ -176,32 +176,35 @@ def work(
     stats: Counter[str] = Counter()
     try:
         while True:
-            est.measure(st)
-            c = st.claim(
-                owner,
-                version=version,
-                lease_s=lease_s,
-                max_attempts=max_attempts,
-                sweep=sweep,
-                trunks=share,
-                seconds=est.seconds,
-                budget_s=left_s(),
-                progress_of=progress_of,
-            )
-            if c is None:
-                cnt = st.counts(sweep=sweep, version=version)
-                if not wait or cnt["pending"] + cnt["running"] == 0:
-                    break
-                if deadline is not None and not _may_unblock(st, est, left_s(), version, sweep):
-                    if st.left:
-                        log(f"time limit: {len(st.left)} ready pieces do not fit in the "
-                            f"{max(0.0, left_s()):.0f} s left; leaving them pending")
-                    break
-                time.sleep(poll_s)
-                continue
-            cfg = from_dict(RunConfig, c.config)
-            hb = _Heartbeat(store_path, c, lease_s)
-            try:
+            c = hb = None
+            try:  # a signal anywhere in here gives this worker's claim back
+                est.measure(st)
+                c = st.claim(
+                    owner,
+                    version=version,
+                    lease_s=lease_s,
+                    max_attempts=max_attempts,
+                    sweep=sweep,
+                    trunks=share,
+                    seconds=est.seconds,
+                    budget_s=left_s(),
+                    progress_of=progress_of,
+                )
+                if c is None:
+                    cnt = st.counts(sweep=sweep, version=version)
+                    if not wait or cnt["pending"] + cnt["running"] == 0:
+                        break
+                    if deadline is not None and not _may_unblock(
+                        st, est, left_s(), version, sweep
+                    ):
+                        if st.left:
+                            log(f"time limit: {len(st.left)} ready pieces do not fit in the "
+                                f"{max(0.0, left_s()):.0f} s left; leaving them pending")
+                        break
+                    time.sleep(poll_s)
+                    continue
+                cfg = from_dict(RunConfig, c.config)
+                hb = _Heartbeat(store_path, c, lease_s)
                 with hb:
                     if c.kind == "trunk":
                         _do_trunk(st, eng, c, cfg, root, progress, log, stats, est, left_s)
@@ -209,12 +212,14 @@ def work(
                         _do_run(st, eng, c, cfg, root, progress, log, stats, keep_trunks,
                                 slots_per_device)
             except KeyboardInterrupt:
-                if hb.lost:
+                if c is not None and hb is not None and hb.lost:
                     log(f"lost the lease of {c.kind} {c.key} (another worker took it over)")
                     stats["lost"] += 1
                     continue
-                st.release(c)
-                log(f"interrupted; gave {c.kind} {c.key} back")
+                # also a claim committed but not yet returned when the signal came
+                st.release_owner(owner)
+                if c is not None:
+                    log(f"interrupted; gave {c.kind} {c.key} back")
                 raise
     finally:
         st.close()
