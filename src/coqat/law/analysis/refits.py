@@ -6,7 +6,9 @@ optima f*:
 * ``paper``: x = S_total with the paper's a (nothing fitted; its MAE only);
 * ``refit_a``: x = S_total, a refitted (``FractionClosedForm.fit``);
 * ``sized``: x = S_total (N / 1e7)^g, a and g fitted (``SizedFractionClosedForm``);
-* ``tokens_per_param``: x = D / N (no bit width), a refitted.
+* ``tokens_per_param``: x = D / N (no bit width), a refitted;
+* ``tokens_per_bit``: x = D / (bits k), a refitted (``TokensPerBitClosedForm``: the sized form
+  at g = 1, where N drops out).
 
 Leave-one-out: each optimum is predicted by the form fitted on all the others; its MAE is the
 out-of-sample error of the form.
@@ -19,9 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from coqat.law.closed_form import PAPER_A, FractionClosedForm, SizedFractionClosedForm
+from coqat.law.closed_form import (
+    PAPER_A,
+    FractionClosedForm,
+    SizedFractionClosedForm,
+    TokensPerBitClosedForm,
+)
 
-FORMS = ("paper", "refit_a", "sized", "tokens_per_param")
+FORMS = ("paper", "refit_a", "sized", "tokens_per_param", "tokens_per_bit")
 
 
 def mae(a: Any, b: Any) -> float:
@@ -49,11 +56,13 @@ def _fit(form: str, S, N, D, f) -> Any:
         return SizedFractionClosedForm().fit(S, f, N=N)
     if form == "tokens_per_param":
         return FractionClosedForm().fit(D / N, f)
+    if form == "tokens_per_bit":
+        return TokensPerBitClosedForm().fit(S, f, N=N)
     raise ValueError(f"form: {form!r} is not allowed; choose one of {list(FORMS)}")
 
 
 def _predict(form: str, law: Any, S, N, D) -> np.ndarray:
-    if form == "sized":
+    if form in ("sized", "tokens_per_bit"):
         return law.predict_fraction(S, N)
     return law.predict_fraction(D / N if form == "tokens_per_param" else S)
 

@@ -280,6 +280,52 @@ def fraction_law(section: dict[str, Any], spec: ExperimentSpec) -> tuple[dict[st
     return info, text
 
 
+FORM_NAMES = {
+    "refit_a": "the paper's closed form with a refitted a",
+    "sized": "the closed form with a size term",
+    "tokens_per_bit": "the closed form in tokens per bit",
+}
+
+
+def fraction_rule(
+    section: dict[str, Any], spec: ExperimentSpec, form: str
+) -> tuple[dict[str, Any], str]:
+    """One closed form (``coqat.law.analysis.refits``: refit_a, sized, tokens_per_bit) fitted by
+    MAE on the trained f* rows, with ``spec.fraction_rules_boot`` bootstrap resamples of the grids
+    (the planner's interval) and its provenance: (parameters and errors, its JSON text)."""
+    import json
+
+    from coqat.law.analysis.refits import _fit
+
+    rows = [r for r in section["fstar"] if not r["step_starved"]]
+    S, N, D, f = (np.array([r[k] for r in rows], float)
+                  for k in ("S_total", "N", "D_total", "f_refined"))
+    law = _fit(form, S, N, D, f)
+    law.bootstrap(S, N, f, n_boot=spec.fraction_rules_boot, seed=0)
+    cf = section["closed_form"]["trained"]
+    Dpb = D / np.array([r["bits"] for r in rows], float)
+    law.provenance |= {
+        "source": (
+            f"coqat reference experiment (experiments/reference, 2026-11-29, NVIDIA H200): "
+            f"{FORM_NAMES[form]} fitted by MAE on the measured optima of {len(rows)} grids "
+            f"(basis {spec.basis} = {section['fstar'][0]['basis']}) of >= {spec.min_steps} "
+            f"steps ({N.min() / 1e6:.1f}-{N.max() / 1e6:.1f}M parameters, bits "
+            f"{min(r['bits'] for r in rows):g}-{max(r['bits'] for r in rows):g}, S_total "
+            f"{S.min():.0f}-{S.max():.0f}, D/B {Dpb.min() / 1e6:.0f}M-{Dpb.max() / 1e6:.0f}M; "
+            f"Linux C, BPE 8192): MAE {law.fit_report_['mae']:.3f} in-sample, "
+            f"{cf[form]['mae_loo']:.3f} leave-one-out; {spec.fraction_rules_boot} bootstrap "
+            "resamples of the grids give its interval. Small-scale only."
+        ),
+        "command": "coqat report --experiment experiments/reference",
+        "mae_loo": cf[form]["mae_loo"],
+    }
+    law.provenance.setdefault("fit_range", {})["D_per_bit"] = [float(Dpb.min()),
+                                                              float(Dpb.max())]
+    text = json.dumps(law.to_json(), indent=2) + "\n"
+    return {"params": dict(law.params_), "mae": law.fit_report_["mae"],
+            "mae_loo": cf[form]["mae_loo"], "n": len(rows)}, text
+
+
 def _law_path(folder: Path, name: str) -> str:
     p = folder / name
     return str(p) if p.is_file() else name

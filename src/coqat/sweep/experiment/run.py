@@ -89,6 +89,11 @@ def analyze(
         if spec.fraction_law:
             s["fraction_law"], files[folder / spec.fraction_law] = laws.fraction_law(sec, spec)
             s["fraction_law"]["path"] = spec.fraction_law
+        if spec.fraction_rules:
+            s["fraction_rules"] = {}
+            for form, path in spec.fraction_rules.items():
+                info, files[folder / path] = laws.fraction_rule(sec, spec, form)
+                s["fraction_rules"][form] = info | {"path": path}
     return _jsonable(s), files
 
 

@@ -58,6 +58,10 @@ class ExperimentSpec:
     law_runs: dict[str, str] = field(default_factory=dict)  # basis -> CSV written for `coqat fit`
     fraction_law: str = ""  # where the sized closed form fitted on the first basis is written
     fraction_law_basis: str = ""
+    # closed forms (coqat.law.analysis.refits forms: refit_a, sized, tokens_per_bit) fitted on
+    # the same f* rows, with bootstrap intervals over grids: form -> where its JSON is written
+    fraction_rules: dict[str, str] = field(default_factory=dict)
+    fraction_rules_boot: int = 200
     predictions: str = ""  # a memory-budget prediction recorded before its runs
     predictions_basis: str = ""  # the basis of the runs that check it
     calls: str = ""  # per call: wall time, workers, command (results/calls.json)
@@ -68,6 +72,11 @@ class ExperimentSpec:
         check(self.min_steps >= 0, "min_steps", "must be >= 0")
         check(self.min_fractions >= 3, "min_fractions", "must be >= 3")
         check(0 <= self.baseline <= 1, "baseline", "must be in [0, 1]")
+        from coqat.law.analysis.refits import FORMS
+
+        for form in self.fraction_rules:
+            check(form in FORMS and form not in ("paper", "tokens_per_param"), "fraction_rules",
+                  f"unknown form {form!r}; choose from ['refit_a', 'sized', 'tokens_per_bit']")
         for q in self.queries:
             check(isinstance(q, dict) and set(q) == {"N", "D", "bits"}, "queries",
                   f"each query is {{N, D, bits}}, got {q!r}")
