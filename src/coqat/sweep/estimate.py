@@ -15,7 +15,8 @@ step). Its time on one worker is ``tokens / (tokens_per_s x efficiency / slots_p
   :data:`DEFAULT_EFFICIENCY`);
 * ``slots_per_device``: workers sharing one device share its throughput.
 
-:func:`simulate` plays the claim order of :meth:`coqat.sweep.store.Store.claim` (longest first;
+:func:`simulate` plays the claim order of :meth:`coqat.sweep.store.Store.claim` (branches whose
+checkpoint is ready first, then trunks and lone runs, longest first;
 a piece is claimed only when its estimate ends before the deadline; a trunk checks the time
 before each segment) on K workers, for ``coqat sweep plan --estimate``. :func:`left_over` says
 what a time-limited ``coqat sweep run`` left pending and why.
@@ -242,17 +243,18 @@ def simulate(plan: Any, est: Estimator, workers: int = 1, budget_s: float | None
             first, last = runs[wt[0]].branch_step, runs[wt[-1]].branch_step
             start = trunk_done.get(k, 0)
             total = seg_s(t, start, last) + sum(own[i] for i in wt)
-            cands.append((-total, 0, order[k], "trunk", seg_s(t, start, first), k))
+            cands.append((1, -total, 0, order[k], "trunk", seg_s(t, start, first), k))
         for i, r in enumerate(runs):
             if i in claimed:
                 continue
             if r.trunk and ready_at.get((r.trunk, r.branch_step), math.inf) > now:
                 continue
-            cands.append((-own[i], 1, i, "run", own[i], i))
-        cands.sort(key=lambda c: c[:3])
-        pick = next((c for c in cands if fits(now, c[4])), None)
-        if pick is not None and pick[3] == "trunk":
-            k, t = pick[5], plan.trunks[pick[5]]
+            # a branch whose checkpoint is ready goes first (Store.claim)
+            cands.append((0 if r.trunk else 1, -own[i], 1, i, "run", own[i], i))
+        cands.sort(key=lambda c: c[:4])
+        pick = next((c for c in cands if fits(now, c[5])), None)
+        if pick is not None and pick[4] == "trunk":
+            k, t = pick[6], plan.trunks[pick[6]]
             clock_w = now
             while (wt := waiting(k, clock_w)):
                 a, b = trunk_done.get(k, 0), runs[wt[0]].branch_step
@@ -269,7 +271,7 @@ def simulate(plan: Any, est: Estimator, workers: int = 1, budget_s: float | None
             clock[w] = clock_w
             continue
         if pick is not None:
-            i = pick[5]
+            i = pick[6]
             claimed.add(i)
             sched.pieces.append(
                 Piece("run", str(i), _run_label(runs[i].cfg), own[i], w, now, now + own[i])

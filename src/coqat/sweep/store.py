@@ -601,9 +601,13 @@ class Store:
         Ready work is a trunk whose pending runs wait for a branch checkpoint (the piece is its
         next segment: from its latest ready checkpoint to the next branch step) or a run that is
         ready (the piece is its own part: after its branch step when it branches, else all of
-        it). The longest goes first: a trunk counts its steps still to train plus the own parts
-        of the runs waiting for it, a run its own part, in the units of ``seconds(row, tokens)``
-        (default: FLOPs, ``6 N tokens``); ties go to trunks, then to registration order.
+        it). Runs whose branch checkpoint is ready go first (they bank results and free their
+        trunk's checkpoints, where another trunk would only add work in flight: under a time
+        limit a worker that trains trunk after trunk finishes nothing), longest first; then the
+        longest of the trunks and the runs without a trunk: a trunk counts its steps still to
+        train plus the own parts of the runs waiting for it, a run its own part, in the units of
+        ``seconds(row, tokens)`` (default: FLOPs, ``6 N tokens``); ties go to trunks, then to
+        registration order.
 
         ``budget_s``: a piece whose own time exceeds it is not claimed; it stays pending and is
         listed in ``self.left`` (``kind, key, est_s``). ``progress_of(kind, folder)``: a marker
@@ -633,7 +637,7 @@ class Store:
                     if not waiting:
                         continue
                     seg, total = self._trunk_cost(db, t["key"], waiting, seconds)
-                    cands.append((-total, 0, t["rid"], "trunk", t, seg))
+                    cands.append((1, -total, 0, t["rid"], "trunk", t, seg))
             for r in db.execute(
                 f"""SELECT r.rowid AS rid, r.*, EXISTS (SELECT 1 FROM trunk_steps s
                     WHERE s.trunk=r.trunk AND s.step=r.branch_step) AS ckpt
@@ -647,9 +651,10 @@ class Store:
                 (version, *stale, *sweep_args),
             ).fetchall():
                 own = seconds(r, own_tokens(r, branched=bool(trunks and r["ckpt"])))
-                cands.append((-own, 1, r["rid"], "run", r, own))
-            cands.sort(key=lambda c: c[:3])
-            for _, _, _, kind, row, est in cands:
+                branch = bool(r["trunk"] and trunks and r["ckpt"])  # its checkpoint is ready
+                cands.append((0 if branch else 1, -own, 1, r["rid"], "run", r, own))
+            cands.sort(key=lambda c: c[:4])
+            for *_, kind, row, est in cands:
                 if row["attempts"] >= max_attempts and not self._progressed(
                     db, kind, row, progress_of
                 ):
