@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 TOKENS = 8 * 32 * 24  # 24 steps of 8 x 32 tokens; FP 12, QAT 12
@@ -51,6 +52,24 @@ def partial(cfg, run_dir: Path, stop: int) -> None:
     tr.save(run_dir / CHECKPOINT)
 
 
+def gloo_threads(wait: float = 2.0) -> list[str]:
+    """Names of gloo's threads still running in this process (Linux's /proc; none elsewhere),
+    after up to ``wait`` seconds for joined threads to leave the listing."""
+    tasks = Path("/proc/self/task")
+    deadline = time.monotonic() + wait
+    while True:
+        names = []
+        for t in tasks.glob("*/comm"):
+            try:
+                names.append(t.read_text().strip())
+            except OSError:  # a thread that just ended
+                pass
+        left = [n for n in names if "gloo" in n]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
 def main(argv: list[str]) -> None:
     from coqat.train.distributed import barrier, init_distributed, shutdown_distributed
     from coqat.train.run import execute
@@ -73,6 +92,10 @@ def main(argv: list[str]) -> None:
         else:
             raise SystemExit(f"unknown mode {mode!r}")
     shutdown_distributed()
+    # a gloo thread still running when the interpreter finalizes can abort the process
+    # (coqat.train.distributed.shutdown_distributed): every one must be gone here
+    if left := gloo_threads():
+        raise SystemExit(f"gloo threads still running after shutdown_distributed: {left}")
 
 
 if __name__ == "__main__":

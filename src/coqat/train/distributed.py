@@ -18,7 +18,9 @@ Evaluation windows are split across ranks and the loss sums all-reduced. Only ra
 
 from __future__ import annotations
 
+import gc
 import os
+import weakref
 from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +36,10 @@ BUCKET_BYTES = 64 << 20
 FSDP_MEMORY_FRACTION = 1 / 3
 # bytes of training state per parameter: fp32 weight, gradient and two AdamW moments
 TRAIN_STATE_BYTES = 16
+
+# device meshes built over the process group (coqat.train.fsdp.device_mesh), released by
+# shutdown_distributed
+_MESHES: list[weakref.ref] = []
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,10 @@ def init_distributed(device_type: str) -> DistInfo:
     rank = int(os.environ["RANK"])
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
+        # imported before the group exists: its functions' ``group=`` defaults, evaluated at
+        # import (torch.distributed.checkpoint imports it), would hold the group for good
+        import torch.distributed.nn  # noqa: F401
+
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local)
@@ -66,12 +76,32 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(rank=rank, world=world, local_rank=local)
 
 
+def track_mesh(mesh: Any) -> Any:
+    """Record a device mesh built over the process group, for :func:`shutdown_distributed`."""
+    _MESHES.append(weakref.ref(mesh))
+    return mesh
+
+
 def shutdown_distributed() -> None:
-    """Leave the process group (if one was joined): a process that exits with gloo's or NCCL's
-    threads still running can abort ("terminate called without an active exception")."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    """Leave the process group (if one was joined) and stop its threads before Python exits.
+
+    A gloo group runs worker threads that release finished collectives; releasing one can drop
+    the last reference to a tensor, which needs the GIL, and a thread that asks for the GIL
+    while the interpreter finalizes is unwound through a C++ destructor: std::terminate,
+    SIGABRT ("terminate called without an active exception"). ``destroy_process_group`` only
+    unregisters the group; its threads stop when the group object is freed, so every reference
+    to it goes first: the registries of the device meshes (torch's DTensor caches keep the
+    meshes alive) and FSDP's per-module state, which sits in reference cycles."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    for ref in _MESHES:
+        mesh = ref()
+        if mesh is not None:
+            getattr(mesh, "_pg_registry", {}).clear()
+    _MESHES.clear()
+    gc.collect()
+    dist.destroy_process_group()  # frees the group: its threads are joined here
 
 
 def resolve_strategy(

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from coqat.train.distributed import DistInfo
+from coqat.train.distributed import DistInfo, track_mesh
 
 PARAM_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -32,7 +32,7 @@ def device_mesh(info: DistInfo, device: torch.device):
     """The one-dimensional mesh of all ranks."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    return init_device_mesh(device.type, (info.world,))
+    return track_mesh(init_device_mesh(device.type, (info.world,)))
 
 
 def is_sharded(model: nn.Module) -> bool:
