@@ -81,19 +81,33 @@ class HandoverRule:
     def fraction_ci(self, N: Any, D: Any, bits: Any, level: float = 0.9) -> list[float] | None:
         """The inner rule's bootstrap interval, blended like the prediction (the outer rule is
         taken as fixed: the paper published no interval)."""
+        w = self.weight(N)
+        if w <= 0:  # the outer rule alone: the paper published no interval
+            return None
         ci = getattr(self.inner, "fraction_ci", lambda *a, **k: None)(N, D, bits, level)
         if ci is None:
             return None
-        w = self.weight(N)
         fo = float(self.outer.optimal_fraction(N, D, bits))
         return [w * ci[0] + (1 - w) * fo, w * ci[1] + (1 - w) * fo]
 
-    def range_notes(self, N: float) -> list[str]:
+    def range_notes(self, N: float, D: float | None = None, bits: float | None = None,
+                    factor: float = 3.0) -> list[str]:
+        """Warnings for a query: in the hand-over; or, where the inner rule has weight, tokens
+        per bit more than ``factor`` x outside the range it was measured on."""
+        out = []
         w = self.weight(N)
         if 0 < w < 1:
-            return [f"N={N:.3g} lies in the hand-over between the measured rule and the paper's: "
-                    f"{self.basis(N)}"]
-        return []
+            out.append(f"N={N:.3g} lies in the hand-over between the measured rule and the "
+                       f"paper's: {self.basis(N)}")
+        rng = ((getattr(self.inner, "provenance", {}) or {}).get("fit_range") or {}).get(
+            "D_per_bit")
+        if w > 0 and rng and D is not None and bits:
+            x = D / bits
+            if x < rng[0] / factor or x > rng[1] * factor:
+                out.append(f"tokens per bit D/B={x:.3g} is far outside the range the measured "
+                           f"rule was fitted on [{rng[0]:.3g}, {rng[1]:.3g}] (> {factor:g}x): "
+                           "extrapolation")
+        return out
 
     # ---- persistence -------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:

@@ -184,7 +184,7 @@ def optimal_fraction(
         "f_closed_form": FractionClosedForm().predict_fraction(S),
         "law": law.describe() if hasattr(law, "describe") else str(law),
         "warnings": range_warnings(law, N, S) + (
-            law.range_notes(N) if hasattr(law, "range_notes") else []
+            law.range_notes(N, D, b) if hasattr(law, "range_notes") else []
         ),
     }
     if _is_closed_form(law):

@@ -139,12 +139,17 @@ def add_parser(subparsers: Any) -> None:
         "Parquet; `coqat fit` and coqat.law.Runs.from_any read it directly.",
     )
     e.add_argument("--store", required=True, help="results store (SQLite file)")
-    e.add_argument("--format", choices=["csv", "parquet"], default=None,
-                   help="output format (default: from the --out suffix)")
+    e.add_argument("--format", choices=["csv", "parquet", "jsonl"], default=None,
+                   help="output format (default: from the --out suffix); jsonl is what "
+                   "`coqat results import` reads back")
     e.add_argument("--out", required=True, help="output file")
     e.add_argument("--sweep", default=None, help="only this sweep's runs")
     e.add_argument("--all", action="store_true",
                    help="every run (also pending/diverged/failed), not only finished ones")
+    e.add_argument("--since", default=None, metavar="TIME",
+                   help="only runs finished at or after TIME (epoch seconds or ISO 8601)")
+    e.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                   help="add this field to every record (e.g. call=2026-11-30-c2); repeatable")
     e.set_defaults(func=_export)
     im = rsub.add_parser(
         "import", help="add finished runs from JSONL or CSV files to a store",
@@ -399,12 +404,26 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from coqat.errors import ConfigError
+    from coqat.sweep.importer import _epoch
     from coqat.sweep.store import Store
 
+    since = None
+    if args.since is not None:
+        since = _epoch(float(args.since) if args.since.replace(".", "", 1).isdigit()
+                       else args.since)
+        if since is None:
+            raise ConfigError("--since", f"{args.since!r} is neither epoch seconds nor ISO 8601")
+    tags = {}
+    for kv in args.tag:
+        k, sep, v = kv.partition("=")
+        if not sep or not k:
+            raise ConfigError("--tag", f"{kv!r} is not KEY=VALUE")
+        tags[k] = v
     with Store(args.store, readonly=True) as st:
         statuses = None if args.all else ("done",)
-        n = len(st.to_records(statuses, args.sweep))
-        p = st.export(args.out, args.format, statuses, args.sweep)
+        n = len(st.records_since(statuses, args.sweep, since, tags))
+        p = st.export(args.out, args.format, statuses, args.sweep, since, tags)
     print(f"wrote {n} runs to {p}")
     return 0
 

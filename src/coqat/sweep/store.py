@@ -1018,24 +1018,51 @@ class Store:
         format: str | None = None,
         statuses: Iterable[str] | None = ("done",),
         sweep: str | None = None,
+        since: float | None = None,
+        tags: dict[str, Any] | None = None,
     ) -> Path:
-        """Write :meth:`to_records` as CSV or Parquet (format from the suffix when not given)."""
-        return write_records(self.to_records(statuses, sweep), path, format)
+        """Write :meth:`to_records` as CSV, Parquet or JSON Lines (format from the suffix when
+        not given): only runs finished at or after ``since`` (epoch seconds) when given, each
+        record with the fields of ``tags`` added (e.g. the call that trained them)."""
+        return write_records(self.records_since(statuses, sweep, since, tags), path, format)
+
+    def records_since(
+        self,
+        statuses: Iterable[str] | None = ("done",),
+        sweep: str | None = None,
+        since: float | None = None,
+        tags: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """:meth:`to_records` of the runs finished at or after ``since``, with ``tags`` added."""
+        recs = self.to_records(statuses, sweep)
+        if since is not None:
+            done_at = {r["key"]: r["finished"] for r in self.rows(statuses, sweep)}
+            recs = [r for r in recs if (done_at.get(r["key"]) or 0.0) >= since]
+        return [r | dict(tags or {}) for r in recs]
+
+
+EXPORT_FORMATS = ("csv", "parquet", "jsonl")
 
 
 def write_records(
     records: list[dict[str, Any]], path: str | Path, format: str | None = None
 ) -> Path:
-    """Write records as CSV or Parquet (atomically: temp file then rename)."""
+    """Write records as CSV, Parquet or JSON Lines (atomically: temp file then rename)."""
     import csv
 
     p = Path(path)
     fmt = (format or p.suffix.lstrip(".") or "csv").lower()
     if fmt == "pq":
         fmt = "parquet"
-    if fmt not in ("csv", "parquet"):
-        raise CoqatError(f"format: {fmt!r} is not allowed; choose one of ['csv', 'parquet']")
+    if fmt not in EXPORT_FORMATS:
+        raise CoqatError(f"format: {fmt!r} is not allowed; choose one of {list(EXPORT_FORMATS)}")
     p.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "jsonl":  # one record a line, numbers as they are (NaN kept), for `results import`
+        from coqat.config import atomic_write_text
+
+        text = "".join(json.dumps(r, default=str, allow_nan=True) + "\n" for r in records)
+        atomic_write_text(p, text)
+        return p
     cols: list[str] = []
     for r in records:
         for k in r:

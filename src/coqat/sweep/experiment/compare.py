@@ -269,7 +269,8 @@ def group_counts(records: list[dict[str, Any]]) -> dict[str, Any]:
     keys = defaultdict(list)
     for r in records:
         keys[(r["size"], float(r["bits"]), int(r["D_total"]), r["schedule"], int(r["seed"]),
-              r["knob_key"], r["basis"], round(float(r["f"]), 4), float(r["lr"] or 0))].append(r)
+              r["knob_key"], r["basis"], round(float(r["f"]), 4), float(r["lr"] or 0),
+              r.get("variant") or "")].append(r)
     sizes = sorted({(int(r["N"]), r["size"]) for r in records})
     return {
         "n_records": len(records),

@@ -36,13 +36,16 @@ def analyze(
     folder, spec = load_experiment(folder)
     spec = replace(spec, **overrides)
     files: dict[Path, str] = {}
-    records = load_records(folder / spec.store, spec)
+    every = load_records(folder / spec.store, spec)
+    # the designed grids have their own section (design_section); the rest analyses the others
+    design_calls = set(spec.design.calls)
+    records = [r for r in every if r["call"] not in design_calls]
     s: dict[str, Any] = {
         "spec": {"min_steps": spec.min_steps, "min_fractions": spec.min_fractions,
                  "baseline": spec.baseline, "basis": spec.basis, "bases": list(spec.bases),
                  "knobs": spec.knobs, "large_N": spec.large_N},
-        "counts": compare.group_counts(records),
-        "setup": compare.setup(records),
+        "counts": compare.group_counts(every),
+        "setup": compare.setup(every),
         "lr_sweep": compare.lr_sweep(records),
         "basis": {},
     }
@@ -63,7 +66,7 @@ def analyze(
     if spec.calls and (folder / spec.calls).is_file():
         calls = json.loads((folder / spec.calls).read_text())
         bench = throughput.bench_rows([folder / p for p in spec.bench])
-        s["throughput"] = throughput.per_call(records, calls, bench)
+        s["throughput"] = throughput.per_call(every, calls, bench)
         s["bench"] = bench
     csv_rows = {}
     for b, name in spec.law_runs.items():
@@ -94,6 +97,11 @@ def analyze(
             for form, path in spec.fraction_rules.items():
                 info, files[folder / path] = laws.fraction_rule(sec, spec, form)
                 s["fraction_rules"][form] = info | {"path": path}
+    if spec.design.calls:
+        from coqat.sweep.experiment.design import design_section
+
+        s["design"], more = design_section(every, spec, folder)
+        files.update(more)
     return _jsonable(s), files
 
 

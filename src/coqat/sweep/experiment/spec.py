@@ -34,6 +34,38 @@ class NoiseSpec:
 
 
 @dataclass(frozen=True)
+class DesignSpec:
+    """The designed grids (``coqat.sweep.experiment.design``): the calls that ran them, the
+    reference grid (``reference_size`` at ``fixed_tokens`` tokens and ``tokens_per_step``, the
+    whole train split of ``train_split_tokens`` tokens, decay ``basis``), the prediction files
+    written before the runs, what counts as a hit, and how the default rule is chosen and
+    written."""
+
+    calls: tuple[str, ...] = ()
+    min_fractions: int = 4
+    fixed_tokens: int = 0
+    tokens_per_step: int = 65536
+    train_split_tokens: int = 0
+    reference_size: str = ""
+    basis: str = "fixed"  # the design's decay (the value of ExperimentSpec.basis)
+    other_basis: str = "total"  # the decay it is compared with at small fractions
+    default_basis: str = "total"  # RunConfig's default of ExperimentSpec.basis
+    predictions: tuple[str, ...] = ()
+    hit: float = 0.1  # a prediction hits when |f_pred - f*| <= hit
+    rule_bases: tuple[str, ...] = ("total",)  # earlier grids that join the rule comparison
+    largest: int = 1  # the largest sizes held out together in the "largest" split
+    boot: int = 200  # bootstrap resamples of the grids for the default rule's interval
+    handover_decades: float = 1.0  # the default hands over to the paper's rule over this
+    default_rule: str = ""  # where the default rule's JSON is written
+
+    def __post_init__(self) -> None:
+        check(self.min_fractions >= 3, "design.min_fractions", "must be >= 3")
+        check(0 < self.hit < 1, "design.hit", "must be in (0, 1)")
+        check(self.handover_decades > 0, "design.handover_decades", "must be > 0")
+        check(self.largest >= 1, "design.largest", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class ExperimentSpec:
     """See the module doc and experiments/reference/analysis.yaml for an example."""
 
@@ -67,6 +99,7 @@ class ExperimentSpec:
     calls: str = ""  # per call: wall time, workers, command (results/calls.json)
     bench: tuple[str, ...] = ()  # single-process throughput JSON files (bench/results)
     queries: tuple[dict[str, Any], ...] = ()  # planner questions answered with shipped_law
+    design: DesignSpec = field(default_factory=DesignSpec)  # the designed grids, if any
 
     def __post_init__(self) -> None:
         check(self.min_steps >= 0, "min_steps", "must be >= 0")
