@@ -113,3 +113,25 @@ def test_bad_records_are_refused_with_the_field(tmp_path):
         read_records(tmp_path / "s.sqlite")
     with Store(tmp_path / "s.sqlite", create=False) as st:  # nothing half-imported
         assert st.to_records(None) == []
+
+
+def test_export_jsonl_since_and_tag_round_trip(fake_sweep_store, tmp_path):
+    """`coqat results export --format jsonl --since T --tag call=X` writes what `coqat results
+    import` reads back: the runs finished from T on, with their keys and the tag."""
+    from coqat.cli import main
+
+    with Store(fake_sweep_store, readonly=True) as st:
+        done = sorted(r["finished"] for r in st.rows(("done",)))
+    cut = done[len(done) // 2]
+    out = tmp_path / "late.jsonl"
+    assert main(["results", "export", "--store", str(fake_sweep_store), "--out", str(out),
+                 "--since", str(cut), "--tag", "call=late"]) == 0
+    recs = read_records(out)
+    assert len(recs) == sum(1 for t in done if t >= cut) and all(r["call"] == "late" for r in recs)
+    import_files([out], tmp_path / "s.sqlite")
+    with Store(tmp_path / "s.sqlite", create=False) as st:
+        back = st.to_records(("done",))
+    assert {r["key"] for r in back} == {r["key"] for r in recs}
+    assert {r["call"] for r in back} == {"late"}
+    assert main(["results", "export", "--store", str(fake_sweep_store), "--out", str(out),
+                 "--tag", "nokey"]) == 2
