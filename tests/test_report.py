@@ -200,3 +200,143 @@ def test_report_needs_an_output_folder_for_a_store(fake_store, capsys):
 
     assert main(["report", "--store", str(fake_store / "s.db")]) == 2
     assert "--out: required" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- layout, order, noise, warnings
+def _curve(size, N, D=1e8, bits=4.0, steps=1000, seeds=(0,), schedule="fused", x0=0.4, noise=0.0):
+    """A measured curve: fractions 0, 0.2, 0.4, 0.6, 1 at every seed (seed s adds s * noise);
+    the f = 0 and f = 1 runs recorded as ``standard``, as the sweep engine does."""
+    out = []
+    for s in seeds:
+        for f in (0.0, 0.2, 0.4, 0.6, 1.0):
+            r = _rec(f, 3 + (f - x0) ** 2 + s * noise, schedule if 0 < f < 1 else "standard",
+                     size=size, N=N)
+            out.append(r | {"D_total": D, "D_fp": (1 - f) * D, "D_qat": f * D, "bits": bits,
+                            "steps": steps, "seed": float(s), "S_total": D / (N * bits / 8)})
+    return out
+
+
+def _report(tmp_path, recs, **kw):
+    (tmp_path / "runs.json").write_text(json.dumps(recs))
+    path = build_report(tmp_path / "rep", runs=tmp_path / "runs.json", **kw)
+    return path.read_text()
+
+
+def _rows(html, heading):
+    """The first cell of every body row of the first table after ``heading``."""
+    part = html[html.index(heading):]
+    body = part[part.index("<tbody>"):part.index("</tbody>")]
+    return re.findall(r"<tr><td>([^<]*)</td>", body)
+
+
+def test_sizes_in_numeric_order_and_figures_before_tables(tmp_path):
+    sizes = {"150m": 1.5e8, "2m": 2e6, "1.2b": 1.2e9, "30m": 3e7, "4m": 4e6}
+    recs = [r for k, n in sizes.items() for r in _curve(k, n, D=40 * n)]
+    want = ["2m", "4m", "30m", "150m", "1.2b"]
+    assert [x["size"] for x in measured_fstar(recs)] == want
+    html = _report(tmp_path, recs)
+    assert _rows(html, "<h2>Runs</h2>") == want
+    assert _rows(html, "<h2>Measured optimal fraction</h2>") == want
+    assert html.index("<img") < html.index("<table")  # figures first
+
+
+def _captured_figures(monkeypatch):
+    """Capture the report's figures (name -> matplotlib Figure) instead of closing them."""
+    import coqat.sweep.report as rep
+
+    figs = {}
+    real = rep._save
+
+    def save(fig, out, name):
+        figs[name] = fig  # closing a figure keeps its artists
+        return real(fig, out, name)
+
+    monkeypatch.setattr(rep, "_save", save)
+    return figs
+
+
+def test_seed_means_with_error_bars(tmp_path, monkeypatch):
+    """Two seeds at every fraction: one line per schedule through the seed means, with +-1 sd
+    bars; never a line through the runs one by one."""
+    from coqat.law.analysis import seed_spread
+
+    sp = seed_spread([0.2, 0.2, 0.5], [3.0, 3.2, 2.9])
+    assert sp["f"].tolist() == [0.2, 0.5] and sp["n"].tolist() == [2, 1]
+    assert sp["mean"][0] == pytest.approx(3.1) and sp["sd"][0] == pytest.approx(0.1414, abs=1e-4)
+    assert np.isnan(sp["sd"][1])
+
+    figs = _captured_figures(monkeypatch)
+    _report(tmp_path, _curve("2m", 2e6, seeds=(0, 1), noise=0.1))
+    (ax,) = figs["loss_vs_fraction.png"].axes
+    (line,) = [ln for ln in ax.lines if ln.get_linestyle() == "-"]  # one curve, no zig-zag
+    assert line.get_xdata().tolist() == [0.0, 0.2, 0.4, 0.6, 1.0]
+    means = 3 + (np.array([0.0, 0.2, 0.4, 0.6, 1.0]) - 0.4) ** 2 + 0.05
+    assert np.allclose(line.get_ydata(), means)
+    bars = [c for c in ax.collections if c.__class__.__name__ == "LineCollection"]
+    spans = [seg[1][1] - seg[0][1] for c in bars for seg in c.get_segments()]
+    assert len(spans) == 5 and np.allclose(spans, 2 * 0.1 / np.sqrt(2))
+
+
+def test_no_empty_panels_or_figures(tmp_path, monkeypatch):
+    figs = _captured_figures(monkeypatch)
+    recs = _curve("2m", 2e6)  # one curve
+    recs += [r for r in _curve("4m", 4e6) if r["f"] in (0.2, 0.6)]  # two fractions: no curve
+    recs += [r for r in _curve("7m", 7e6) if r["f"] in (0.0, 1.0)]  # endpoints only
+    html = _report(tmp_path, recs)
+    (ax,) = figs["loss_vs_fraction.png"].axes  # one panel, the unused slots removed
+    assert ax.get_title().startswith("2m")
+    assert "have no curve and no f*: 4m B=4 (fused)" in html
+    assert "fusion.png" not in figs and not (tmp_path / "rep" / "fusion.png").exists()
+    # FP runs only: no curve, no f*, no refit: only the memory frontier is drawn, and the
+    # figures of the earlier report into the same folder are gone
+    figs.clear()
+    fp = [r | {"bits": 16.0, "model_bytes": 2 * r["N"]} for r in _curve("2m", 2e6)[:1]]
+    html = _report(tmp_path, fp)
+    assert set(figs) == {"memory_frontier.png"}
+    assert sorted(p.name for p in (tmp_path / "rep").glob("*.png")) == ["memory_frontier.png"]
+
+
+def test_degenerate_refit_is_flagged_not_drawn(tmp_path, monkeypatch):
+    from coqat.law.analysis import degenerate_refit
+
+    assert degenerate_refit([40, 80, 320], [0.2, 0.3, 0.4], {"a": 5.0}) == ""
+    assert "from 2 optima" in degenerate_refit([40, 80], [0.2, 0.3], {"a": 5.0})
+    assert "one S_total only" in degenerate_refit([80, 80, 80], [0.2, 0.3, 0.4], {"a": 5.0})
+    assert "at its bound 0" in degenerate_refit([40, 80, 320], [1, 1, 1], {"a": 0.0})
+
+    figs = _captured_figures(monkeypatch)
+    recs = _curve("2m", 2e6, D=8e7) + _curve("4m", 4e6, D=3.2e8)  # S = 80 for both
+    html = _report(tmp_path, recs)
+    assert "refitted on fused is no fit: 1 parameter from 2 optima" in html
+    assert "NOT A FIT" in html
+    labels = [t.get_text() for t in figs["fstar_vs_S.png"].axes[0].get_legend().get_texts()]
+    assert not any(t.startswith("refit") for t in labels) and labels[0].startswith("paper")
+
+
+def test_step_starved_curves_are_flagged_and_not_fitted(tmp_path):
+    from coqat.law.analysis import MIN_STEPS
+
+    recs = [r for k, (n, st) in {"2m": (2e6, MIN_STEPS - 1), "4m": (4e6, MIN_STEPS),
+                                   "7m": (7e6, 5000), "12m": (1.2e7, 8000)}.items()
+            for r in _curve(k, n, D=80 * n, steps=st)]
+    fs = {x["size"]: x for x in measured_fstar(recs)}
+    assert fs["2m"]["step_starved"] and not fs["4m"]["step_starved"]
+    from coqat.sweep.report import refits
+
+    (g,) = refits(measured_fstar(recs))
+    assert g["n"] == 3 and g["n_starved"] == 1
+    html = _report(tmp_path, recs)
+    assert "1 of 4 measured curves are step-starved" in html
+    assert html.count("<td>step-starved</td>") == 1 and "(1 step-starved left out)" in html
+
+
+def test_fused_only_sweep_has_no_standard_rows(tmp_path):
+    """The sweep engine records f = 0 and f = 1 runs as ``standard`` (one training for both
+    schedules); a fused-only sweep shows no standard column, curve or f*."""
+    recs = _curve("2m", 2e6) + _curve("4m", 4e6)
+    assert {r["schedule"] for r in recs} == {"fused", "standard"}
+    html = _report(tmp_path, recs)
+    assert "standard" not in html.split("<h2>Runs</h2>")[1]
+    assert {x["schedule"] for x in measured_fstar(recs)} == {"fused"}
+    head = re.findall(r"<th>([^<]*)</th>", html.split("<h2>Runs</h2>")[1])
+    assert head[:6] == ["size", "N", "bits", "runs", "f = 0 or 1", "fused, 0 &lt; f &lt; 1"]

@@ -4,14 +4,21 @@
 README (:mod:`coqat.sweep.experiment`, from ``DIR/analysis.yaml`` and the folder's store), then
 this report of ``DIR/results.sqlite``.
 
+The page: warnings first (refits that are no fit, step-starved curves, run groups too small to
+draw), then the figures, then the tables (runs, measured f*, fit summary, fusion pairs). Sizes go
+in numeric order (2m < 4m < ... < 150m < 1.2b). A figure, or a panel, with no data is not drawn.
+
 Figures (matplotlib, Agg backend; PNGs in the output folder and embedded as base64 in
 ``report.html``, which references nothing outside itself):
 
-1. ``loss_vs_fraction.png``: validation loss vs QAT fraction per (size, D_total, bits), fused and
-   standard, the measured f* marked; with a law JSON, the law's curve and its bootstrap CI band.
+1. ``loss_vs_fraction.png``: one panel per (size, D_total, bits) with a measured curve: the mean
+   loss over seeds per fraction with +-1 sd bars, fused and standard, the measured f* marked;
+   with a law JSON, the law's curve and its bootstrap CI band.
 2. ``fstar_vs_S.png``: measured optimal fraction vs S_total = D / (N B / 8) with the paper's closed
    form f_hat = exp(-6.7297 / ln S) and ``a`` refitted on the measured points (MAE, as the paper),
-   once per (schedule, variant) group.
+   once per (schedule, variant) group, on the f* that are not step-starved; a refit that is no
+   fit (:func:`coqat.law.analysis.degenerate_refit`, e.g. ``a`` from 2 points) is flagged in
+   the page and not drawn.
 3. ``pred_vs_measured.png`` (with a law): predicted vs measured loss; held-out runs (``heldout``
    column, or outside the law's fitted N range) marked.
 4. ``fusion.png``: loss(standard) - loss(fused) for paired runs (same size, tokens, bits,
@@ -21,7 +28,9 @@ Figures (matplotlib, Agg backend; PNGs in the output folder and embedded as base
 Measured f* per (size, D_total, bits, schedule): :mod:`coqat.law.analysis` (each seed's runs of
 one call, losses averaged over seeds per fraction, the argmin refined by the parabola through it
 and its two neighbours). The f = 0 and f = 1 runs are the same for both schedules (see
-:mod:`coqat.sweep.spec`) and count in both.
+:mod:`coqat.sweep.spec`) and count in both. Curves of fewer than
+:data:`coqat.law.analysis.MIN_STEPS` optimizer steps are step-starved: flagged, and left out of
+the refits, as in the experiments.
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ from coqat.law.closed_form import PAPER_A, FractionClosedForm  # defined once
 
 NUMERIC = (
     "N", "D_fp", "D_qat", "bits", "loss", "loss_fp", "loss_ptq", "D_total", "f", "f_requested",
-    "S_total", "S_fp", "S_qat", "model_bytes", "seed", "wall", "flops",
+    "S_total", "S_fp", "S_qat", "model_bytes", "seed", "wall", "flops", "steps",
 )
 
 
@@ -230,33 +239,36 @@ def _describe(law: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------- analysis
-def _schedules_of(r: dict) -> list[str]:
-    """Endpoint runs (f = 0 or f = 1) belong to both schedules."""
-    if r["bits"] >= 16:
-        return []
-    if r["f"] <= 0 or r["f"] >= 1:
-        return ["fused", "standard"]
-    return [r["schedule"]]
+GRID_BY = ("size", "D_total", "bits", "schedule")  # one measured curve per these fields
+MIN_FRACTIONS = 3  # fewer distinct fractions: no f*, no panel
 
 
-def groups(records: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
-    """{(size, D_total, bits): {schedule: [records]}} for quantized runs."""
-    g: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for r in records:
-        for s in _schedules_of(r):
-            g[(r["size"], int(r["D_total"]), float(r["bits"]))][s].append(r)
-    return g
+def size_order(records: list[dict]) -> dict[str, tuple[float, str]]:
+    """Sort key of every size label: (N, label), so that sizes go 2m < 4m < ... < 150m < 1.2b
+    (numeric, not string order) and a size's variants follow it."""
+    return {r["size"]: (float(r["N"]), str(r["size"])) for r in records}
 
 
-def measured_fstar(records: list[dict]) -> list[dict]:
-    """Measured f* per (size, D_total, bits, schedule) with >= 3 distinct fractions
-    (:func:`coqat.law.analysis.grids`: each seed's runs of one call, seed means, endpoints shared
-    by both schedules)."""
+def report_grids(records: list[dict], min_fractions: int = MIN_FRACTIONS) -> list:
+    """The measured curves the report draws and reads f* from
+    (:func:`coqat.law.analysis.grids`): one per (size, D_total, bits, schedule) with at least
+    ``min_fractions`` distinct fractions, each seed's runs of one call, losses averaged over
+    seeds per fraction, the f = 0 and f = 1 runs shared by both schedules (a schedule with no
+    run at 0 < f < 1 has no curve). Ordered by N, size label, D_total, bits and schedule."""
     from coqat.law.analysis import grids
 
+    gs = grids(records, by=GRID_BY, min_fractions=min_fractions, shared_endpoints=True)
+    return sorted(gs, key=lambda g: (g.N, str(g.labels["size"]), g.D, g.bits,
+                                     str(g.labels["schedule"])))
+
+
+def measured_fstar(records: list[dict], gs: list | None = None) -> list[dict]:
+    """Measured f* of every curve of :func:`report_grids` (or of ``gs``), with its steps and
+    whether it is step-starved (fewer than :data:`coqat.law.analysis.MIN_STEPS` optimizer
+    steps: reported and flagged, left out of the refits, as in the experiments)."""
+    gs = report_grids(records) if gs is None else gs
     out = []
-    for g in grids(records, by=("size", "D_total", "bits", "schedule"), min_fractions=3,
-                   shared_endpoints=True):
+    for g in gs:
         o = g.optimum()
         out.append(
             {
@@ -266,46 +278,60 @@ def measured_fstar(records: list[dict]) -> list[dict]:
                 "bits": g.bits,
                 "schedule": g.labels["schedule"],
                 "S_total": g.S_total,
+                "steps": g.steps,
+                "step_starved": g.step_starved(),
+                "seeds": len({r.get("seed") for r in g.runs}),
                 "f_star": o["f_refined"],
                 "f_grid_argmin": o["f_grid"],
+                "at_endpoint": o["at_endpoint"],
                 "loss_min": o["loss_grid"],
                 "n_fractions": len(g.f),
                 "f_hat_paper": float(FractionClosedForm().predict_fraction(g.S_total)),
             }
         )
-    out.sort(key=lambda x: (x["size"], x["D_total"], x["bits"], x["schedule"]))
     return out
+
+
+def _variant(size: str) -> str:
+    """The ``[...]`` part that :func:`label_variants` appended to a size label ('' if none)."""
+    return size[size.index("[") :] if "[" in size else ""
 
 
 def refits(fstar: list[dict]) -> list[dict]:
     """The closed form refitted per kind of run: one ``a`` for each (schedule, variant) group of
     measured f* (the variant is the ``[...]`` part ``label_variants`` gave the size label), so
     that f* of different training settings never enter one fit
-    (:func:`coqat.law.analysis.closed_form_refits`, on the pairs with S > e). Groups with no
-    S > e are left out."""
-    from coqat.law.analysis import closed_form_refits
+    (:func:`coqat.law.analysis.closed_form_refits`, on the f* with S > e that are not
+    step-starved). ``warning`` says why a refit is no fit
+    (:func:`coqat.law.analysis.degenerate_refit`: e.g. ``a`` from 2 points), '' when it is one;
+    ``n_starved``: the group's step-starved f* left out. Groups with nothing to fit are left
+    out."""
+    from coqat.law.analysis import closed_form_refits, degenerate_refit
 
     by: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for x in fstar:
-        size = str(x["size"])
-        by[(x["schedule"], size[size.index("[") :] if "[" in size else "")].append(x)
+        by[(x["schedule"], _variant(str(x["size"])))].append(x)
     out = []
     for (sched, variant), xs in sorted(by.items()):
         xs = [x for x in xs if x["S_total"] > math.e]
-        if not xs:
+        use = [x for x in xs if not x.get("step_starved")]
+        if not use:
             continue
-        S = np.array([x["S_total"] for x in xs])
-        fs = np.array([x["f_star"] for x in xs])
+        S = np.array([x["S_total"] for x in use])
+        fs = np.array([x["f_star"] for x in use])
         one = np.ones_like(S)
         cf = closed_form_refits(S, one, S, fs, forms=("paper", "refit_a"), loo=False)
+        a = cf["refit_a"]["params"]["a"]
         out.append(
             {
                 "schedule": sched,
                 "variant": variant,
-                "n": len(xs),
-                "a_refit": cf["refit_a"]["params"]["a"],
+                "n": len(use),
+                "n_starved": len(xs) - len(use),
+                "a_refit": a,
                 "mae_paper": cf["paper"]["mae_in_sample"],
                 "mae_refit": cf["refit_a"]["mae_in_sample"],
+                "warning": degenerate_refit(S, fs, {"a": a}),
             }
         )
     return out
@@ -313,11 +339,14 @@ def refits(fstar: list[dict]) -> list[dict]:
 
 def fusion_pairs(records: list[dict]) -> list[dict]:
     """Runs paired on (size, D_total, bits, requested f, seed) with both schedules, 0 < f < 1
-    (:func:`coqat.law.analysis.fusion_pairs`; ``delta`` = standard - fused)."""
+    (:func:`coqat.law.analysis.fusion_pairs`; ``delta`` = standard - fused), sizes in numeric
+    order."""
     from coqat.law.analysis import fusion_pairs as pairs
 
+    order = size_order(records)
     out = pairs(records, by=("size", "D_total", "bits", "seed"))
-    return sorted(out, key=lambda p: (p["size"], p["D_total"], p["bits"], p["f"], p["seed"]))
+    return sorted(out, key=lambda p: (order[p["size"]], p["D_total"], p["bits"], p["f"],
+                                      p["seed"]))
 
 
 def closed_form(S: Any, a: float = PAPER_A) -> Any:
@@ -344,78 +373,147 @@ def _save(fig, out: Path, name: str) -> tuple[str, bytes]:
     return name, data
 
 
-def fig_loss_vs_fraction(records, law: LawAdapter | None, fstar: list[dict], out: Path):
-    plt = _plt()
-    g = groups(records)
-    keys = sorted(g, key=lambda k: (records_N(g[k]), k[1], k[2]))
-    if not keys:
+def _title(ax, text: str, starved: bool) -> None:
+    """A panel title wrapped to the panel's width; red, marked, when step-starved."""
+    import textwrap
+
+    if starved:
+        text += "  step-starved"
+    ax.set_title("\n".join(textwrap.wrap(text, 46)), fontsize=8,
+                 color="tab:red" if starved else "black")
+
+
+def _min_steps() -> int:
+    from coqat.law.analysis import MIN_STEPS
+
+    return MIN_STEPS
+
+
+def _clip_ptq(ax, f: np.ndarray, y: np.ndarray, err: np.ndarray) -> list[tuple[float, float]]:
+    """Limit the y axis to the curve when f = 0 (post-training quantization, often far above
+    every QAT point) would squash it; returns the (f, loss) points left above the axis."""
+    inner = f > 0
+    if inner.sum() < 2 or (~inner).sum() == 0:
+        return []
+    lo = float(np.min(y - err))
+    hi = float(np.max((y + err)[inner]))
+    span = max(hi - lo, 1e-6)
+    if float(np.max(y[~inner])) <= hi + span:
+        return []
+    top = hi + 0.3 * span
+    ax.set_ylim(lo - 0.08 * span, top)
+    return [(float(a), float(b)) for a, b in zip(f, y) if b > top]
+
+
+def fig_loss_vs_fraction(gs: list, law: LawAdapter | None, out: Path):
+    """One panel per (size, D_total, bits) with a measured curve (:func:`report_grids`): the
+    mean loss over seeds per fraction with +-1 sd bars (fractions run with 2 or more seeds),
+    one line per schedule, the measured f* dotted, the law's curve with its CI band; f = 0
+    points above the axis are marked at its top with their loss. No curve, no panel."""
+    panels: dict[tuple, dict[str, Any]] = {}
+    for g in gs:
+        panels.setdefault((g.labels["size"], g.D, g.bits), {})[g.labels["schedule"]] = g
+    if not panels:
         return None
-    n = len(keys)
+    plt = _plt()
+    n = len(panels)
     cols = min(4, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
     colors = {"fused": "tab:blue", "standard": "tab:orange"}
-    fs_idx = {(x["size"], x["D_total"], x["bits"], x["schedule"]): x for x in fstar}
-    for ax, k in zip(axes.flat, keys):
-        size, D, bits = k
-        N = records_N(g[k])
-        for sched, rs in sorted(g[k].items()):
-            rs = sorted(rs, key=lambda r: r["f"])
-            if not any(0.0 < r["f"] < 1.0 for r in rs):
-                continue  # only the shared endpoints: no curve of this schedule was run
-            ax.plot([r["f"] for r in rs], [r["loss"] for r in rs], "o-", ms=4,
-                    color=colors.get(sched, "gray"), label=sched, alpha=0.85)
-            fsx = fs_idx.get((size, D, bits, sched))
-            if fsx:
-                ax.axvline(fsx["f_star"], color=colors.get(sched, "gray"), ls=":", lw=1)
+    handles: dict[str, Any] = {}
+    for ax, ((size, D, bits), by_s) in zip(axes.flat, panels.items()):
+        g0 = next(iter(by_s.values()))
+        fs_all, y_all, e_all = [], [], []
+        for sched, g in sorted(by_s.items()):
+            sp = g.spread()
+            err = np.nan_to_num(sp["sd"], nan=0.0)
+            c = colors.get(sched, "gray")
+            h = ax.errorbar(sp["f"], sp["mean"], yerr=err, fmt="o-", ms=4, capsize=2, lw=1.2,
+                            color=c, alpha=0.9)
+            handles.setdefault(sched, h)
+            ax.axvline(g.optimum()["f_refined"], color=c, ls=":", lw=1.2)
+            fs_all += list(sp["f"])
+            y_all += list(sp["mean"])
+            e_all += list(err)
         if law is not None:
             fgrid = np.linspace(0.0, 1.0, 101)
-            mean, lo, hi = law.curve(N, D, bits, fgrid)
+            mean, lo, hi = law.curve(g0.N, D, bits, fgrid)
             if mean is not None:
-                ax.plot(fgrid, mean, "k-", lw=1, label="law")
+                handles.setdefault("law", ax.plot(fgrid, mean, "k-", lw=1)[0])
                 if lo is not None and hi is not None:
-                    ax.fill_between(fgrid, lo, hi, color="k", alpha=0.12, lw=0, label="law CI")
-        ax.set_title(f"{size}  D={D:.3g}  B={bits:g}", fontsize=9)
-        ax.set_xlabel("QAT fraction f")
-        ax.set_ylabel("val loss")
-        if ax.get_legend_handles_labels()[0]:  # a panel may hold unlabelled points only
-            ax.legend(fontsize=7)
+                    handles.setdefault("law CI", ax.fill_between(
+                        fgrid, lo, hi, color="k", alpha=0.12, lw=0))
+        above = _clip_ptq(ax, np.array(fs_all), np.array(y_all), np.array(e_all))
+        for x, y in above:
+            top = ax.get_ylim()[1]
+            ax.plot([x], [top], marker="^", color="k", ms=6, clip_on=False)
+            ax.annotate(f"{y:.3g}", (x, top), xytext=(5, -9), textcoords="offset points",
+                        fontsize=7)
+        seeds = max(len({r.get("seed") for r in g.runs}) for g in by_s.values())
+        _title(ax, f"{size}  D={D:.3g}  B={bits:g}  {g0.steps or '?'} steps"
+               + (f"  {seeds} seeds" if seeds > 1 else ""), g0.step_starved())
+        ax.set_xlabel("QAT fraction f", fontsize=8)
+        ax.set_ylabel("val loss", fontsize=8)
+        ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    fig.tight_layout()
+        ax.remove()
+    fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=len(handles),
+               fontsize=8, bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (3.4 * rows)))
     return _save(fig, out, "loss_vs_fraction.png")
 
 
-def records_N(by_s: dict[str, list[dict]]) -> float:
-    for rs in by_s.values():
-        if rs:
-            return rs[0]["N"]
-    return 0.0
+_MARKERS = "osD^vPX*<>"
+FIGURES = ("loss_vs_fraction.png", "fstar_vs_S.png", "pred_vs_measured.png", "fusion.png",
+           "memory_frontier.png")
 
 
 def fig_fstar(fstar: list[dict], fits: list[dict], out: Path):
+    """Measured f* vs S_total: colour = bit width, marker = (schedule, variant) group, hollow =
+    step-starved (not fitted); the paper's closed form and each group's refit that is a fit."""
     if not fstar:
         return None
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
     S = np.array([x["S_total"] for x in fstar])
-    for bits in sorted({x["bits"] for x in fstar}):
-        for sched, m in (("fused", "o"), ("standard", "s")):
-            pts = [x for x in fstar if x["bits"] == bits and x["schedule"] == sched]
-            if pts:
-                ax.scatter([x["S_total"] for x in pts], [x["f_star"] for x in pts], marker=m,
-                           label=f"B={bits:g} {sched}")
-    grid = np.geomspace(max(S.min() / 2, 1.01), S.max() * 2, 200)
-    ax.plot(grid, closed_form(grid), "k-", lw=1, label=f"paper a={PAPER_A}")
-    for i, g in enumerate(fits):
-        what = " ".join(x for x in (g["schedule"], g["variant"]) if x)
-        ax.plot(grid, closed_form(grid, g["a_refit"]), ls="--", color=f"C{7 + i % 3}", lw=1,
-                label=f"refit a={g['a_refit']:.3f} ({what})")
+    bits_c = {b: f"C{i}" for i, b in enumerate(sorted({x["bits"] for x in fstar}))}
+    kinds = sorted({(x["schedule"], _variant(str(x["size"]))) for x in fstar})
+    mk = {k: _MARKERS[i % len(_MARKERS)] for i, k in enumerate(kinds)}
+    for x in fstar:
+        c = bits_c[x["bits"]]
+        starved = bool(x.get("step_starved"))
+        ax.scatter([x["S_total"]], [x["f_star"]], marker=mk[(x["schedule"],
+                   _variant(str(x["size"])))], s=36, facecolors="none" if starved else c,
+                   edgecolors=c, linewidths=1.2, zorder=3)
+    lo = max(float(S.min()) / 1.5, math.e * 1.01)
+    grid = np.geomspace(lo, max(float(S.max()) * 1.5, lo * 2), 200)
+    ax.plot(grid, closed_form(grid), "k-", lw=1)
+    handles = [Line2D([], [], color="k", lw=1, label=f"paper a={PAPER_A}")]
+    styles = ("--", "-.", ":", (0, (5, 1, 1, 1)))
+    for i, g in enumerate(g for g in fits if not g["warning"]):
+        what = " ".join(w for w in (g["schedule"], g["variant"]) if w)
+        (h,) = ax.plot(grid, closed_form(grid, g["a_refit"]), ls=styles[i % len(styles)],
+                       color="0.35", lw=1.2, label=f"refit a={g['a_refit']:.3f} ({what})")
+        handles.append(h)
+    handles += [Patch(color=c, label=f"B={b:g}") for b, c in bits_c.items()]
+    handles += [Line2D([], [], ls="", marker=mk[k], color="0.3", label=" ".join(x for x in k if x))
+                for k in kinds]
+    if any(x.get("step_starved") for x in fstar):
+        handles.append(Line2D([], [], ls="", marker="o", mfc="none", mec="0.3",
+                              label=f"hollow: < {_min_steps()} steps, not fitted"))
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("S_total = D / (N B / 8)")
     ax.set_ylabel("optimal QAT fraction f*")
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=7)
+    ax.set_ylim(-0.03, 1.03)
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     return _save(fig, out, "fstar_vs_S.png")
 
@@ -459,9 +557,12 @@ def fig_fusion(pairs: list[dict], out: Path):
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for bits in sorted({p["bits"] for p in pairs}):
+    widths = sorted({p["bits"] for p in pairs})
+    for i, bits in enumerate(widths):  # widths side by side at each fraction
         pts = [p for p in pairs if p["bits"] == bits]
-        ax.scatter([p["f"] for p in pts], [p["delta"] for p in pts], label=f"B={bits:g}")
+        dx = (i - (len(widths) - 1) / 2) * 0.012
+        ax.scatter([p["f"] + dx for p in pts], [p["delta"] for p in pts], label=f"B={bits:g}",
+                   marker=_MARKERS[i % len(_MARKERS)], alpha=0.8)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel("QAT fraction f")
     ax.set_ylabel("loss(standard) - loss(fused)")
@@ -515,7 +616,37 @@ _CSS = (
     "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right;font-size:13px}"
     "th{background:#eee}img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}"
     ".note{color:#666;font-size:13px}"
+    ".warn{background:#fff4e5;border-left:4px solid #e08a00;padding:0.3em 1em;margin:1em 0}"
 )
+
+
+def run_counts(records: list[dict]) -> tuple[list[str], list[list[Any]]]:
+    """The runs table: per (size, bits), sizes in numeric order, the finished runs, those at
+    f = 0 or 1 (one training for every schedule), those at 0 < f < 1 per schedule (only
+    schedules that have such runs: a fused-only sweep has no ``standard`` column), the steps
+    and the step-starved runs."""
+    from coqat.law.analysis import step_starved
+
+    order = size_order(records)
+    scheds = sorted({r["schedule"] for r in records if r["bits"] < 16 and 0 < r["f"] < 1})
+    by: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        by[(r["size"], float(r["bits"]))].append(r)
+    rows = []
+    for (size, bits), rs in sorted(by.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
+        q = bits < 16
+        steps = [r["steps"] for r in rs if math.isfinite(r.get("steps", float("nan")))]
+        span = "-" if not steps else f"{min(steps):.0f}" + (
+            f"-{max(steps):.0f}" if max(steps) > min(steps) else "")
+        rows.append(
+            [size, int(rs[0]["N"]), f"{bits:g}" if q else "16 (FP)", len(rs),
+             sum(1 for r in rs if not 0 < r["f"] < 1) if q else "-"]
+            + [sum(1 for r in rs if 0 < r["f"] < 1 and r["schedule"] == s) if q else "-"
+               for s in scheds]
+            + [span, sum(1 for r in rs if step_starved(r.get("steps")))]
+        )
+    head = ["size", "N", "bits", "runs", "f = 0 or 1"] + [f"{s}, 0 < f < 1" for s in scheds]
+    return head + ["steps", f"< {_min_steps()} steps"], rows
 
 
 def build_report(
@@ -526,40 +657,87 @@ def build_report(
     law: str | Path | None = None,
     title: str = "coqat sweep report",
 ) -> Path:
-    """Write the figures and ``report.html`` into ``out_dir``; returns the HTML path."""
+    """Write the figures and ``report.html`` into ``out_dir``; returns the HTML path.
+
+    The page: the warnings (degenerate refits, step-starved curves, run groups too small to
+    draw), the figures, then the tables (runs, measured f*, fit summary, fusion pairs)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = load_records(store, runs)
     adapter, law_note = LawAdapter.load(law)
-    fstar = measured_fstar(records)
+    gs = report_grids(records)
+    fstar = measured_fstar(records, gs)
     fits = refits(fstar)
     pairs = fusion_pairs(records)
-    figs: list[tuple[str, str, bytes]] = []
+    figs: list[tuple[str, str, str, bytes]] = []
     notes = []
+    warnings = []
 
-    def add(caption: str, res) -> None:
+    def add(caption: str, text: str, res) -> None:
         if res is not None:
-            figs.append((caption, *res))
+            figs.append((caption, text, *res))
 
-    add("Loss vs QAT fraction", fig_loss_vs_fraction(records, adapter, fstar, out))
-    add("Optimal QAT fraction vs S_total", fig_fstar(fstar, fits, out))
+    ms = _min_steps()
+    add("Loss vs QAT fraction",
+        "Mean validation loss over seeds at each fraction (bars: +-1 sd over seeds where a "
+        "fraction ran with 2 or more; each seed's runs of one call), one line per schedule "
+        "(the f = 0 and f = 1 runs are shared by both), dotted: the measured f*. f = 0 is "
+        "post-training quantization: a triangle at the top with its loss when off the axis. "
+        f"Red titles: step-starved (< {ms} optimizer steps).",
+        fig_loss_vs_fraction(gs, adapter, out))
+    add("Optimal QAT fraction vs S_total",
+        "Measured f* against the paper's closed form f = exp(-a / ln S) and a refitted per "
+        "schedule and variant (MAE) on the f* that are not step-starved; refits that are no "
+        "fit are not drawn (see the warnings).",
+        fig_fstar(fstar, fits, out))
     pred_stats = None
     if adapter is not None:
         res, pred_stats = fig_pred_vs_measured(records, adapter, out)
-        add("Predicted vs measured loss", res)
+        add("Predicted vs measured loss", "Every finished run; held-out runs starred.", res)
     else:
         notes.append(f"Law: {law_note}.")
-    add("Fusion vs standard (paired runs)", fig_fusion(pairs, out))
-    add("Memory-budget frontier", fig_memory(records, out))
+    add("Fusion vs standard (paired runs)",
+        "loss(standard) - loss(fused) of runs equal in size, tokens, bits, f and seed.",
+        fig_fusion(pairs, out))
+    add("Memory-budget frontier",
+        "Loss vs model bytes per bit width, with each width's lower envelope.",
+        fig_memory(records, out))
+
+    drawn = {name for _, _, name, _ in figs}
+    for name in FIGURES:  # a figure an earlier report drew and this one has no data for
+        if name not in drawn:
+            (out / name).unlink(missing_ok=True)
+    for g in fits:
+        if g["warning"]:
+            what = " ".join(x for x in (g["schedule"], g["variant"]) if x)
+            warnings.append(f"The closed form's a refitted on {what} is no fit: {g['warning']}; "
+                            "it is listed but not drawn.")
+    starved = [x for x in fstar if x["step_starved"]]
+    if starved:
+        warnings.append(f"{len(starved)} of {len(fstar)} measured curves are step-starved "
+                        f"(< {ms} optimizer steps): flagged, and left out of the refits.")
+    small = [g for g in report_grids(records, min_fractions=1) if len(g.f) < MIN_FRACTIONS]
+    if small:
+        names = sorted({f"{g.labels['size']} B={g.bits:g} ({g.labels['schedule']})"
+                        for g in small}, key=str)
+        warnings.append(f"{len(small)} run groups with fewer than {MIN_FRACTIONS} fractions "
+                        "have no curve and no f*: " + ", ".join(names[:12])
+                        + (", ..." if len(names) > 12 else "") + ".")
 
     parts = [f"<h1>{html.escape(title)}</h1>"]
     src = f"store {store}" if store else f"runs file {runs}"
     parts.append(f"<p class='note'>{len(records)} finished runs from {html.escape(str(src))}."
                  + "".join(f" {html.escape(n)}" for n in notes) + "</p>")
-    # run counts
-    counts: dict[tuple, int] = defaultdict(int)
-    for r in records:
-        counts[(r["size"], r["bits"], r["schedule"])] += 1
+    if warnings:
+        parts.append("<div class='warn'><b>Warnings</b><ul>"
+                     + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></div>")
+    parts.append("<h2>Figures</h2>")
+    if not figs:
+        parts.append("<p class='note'>no data to draw.</p>")
+    for caption, text, name, data in figs:
+        b64 = base64.b64encode(data).decode()
+        parts.append(f"<h3>{html.escape(caption)}</h3><p class='note'>{html.escape(text)}</p>"
+                     f"<img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>")
     parts.append("<h2>Runs</h2>")
     if store:
         from coqat.sweep.store import Store
@@ -567,23 +745,27 @@ def build_report(
         with Store(store, readonly=True) as st:
             c = st.counts()
         parts.append(_table(list(c), [list(c.values())]))
-    parts.append(_table(["size", "bits", "schedule", "runs"],
-                        [[k[0], k[1], k[2], v] for k, v in sorted(counts.items())]))
+    parts.append(_table(*run_counts(records)))
     parts.append("<h2>Measured optimal fraction</h2>")
     parts.append("<p class='note'>argmin over measured fractions (mean over seeds), refined by "
-                 "the vertex of the parabola through the minimum and its two neighbours.</p>")
+                 "the vertex of the parabola through the minimum and its two neighbours. "
+                 f"Step-starved: fewer than {ms} optimizer steps (left out of the refits).</p>")
     parts.append(_table(
-        ["size", "N", "D_total", "bits", "schedule", "S_total", "f* measured", "grid argmin",
-         "f_hat paper", "min loss", "fractions"],
+        ["size", "N", "D_total", "bits", "schedule", "S_total", "steps", "seeds", "f* measured",
+         "grid argmin", "f_hat paper", "min loss", "fractions", "note"],
         [[x["size"], int(x["N"]), int(x["D_total"]), x["bits"], x["schedule"], x["S_total"],
-          x["f_star"], x["f_grid_argmin"], x["f_hat_paper"], x["loss_min"], x["n_fractions"]]
+          x["steps"] if x["steps"] is not None else "-", x["seeds"], x["f_star"],
+          x["f_grid_argmin"], x["f_hat_paper"], x["loss_min"], x["n_fractions"],
+          "step-starved" if x["step_starved"] else ""]
          for x in fstar],
-    ) if fstar else "<p class='note'>no group with 3 or more fractions.</p>")
+    ) if fstar else f"<p class='note'>no group with {MIN_FRACTIONS} or more fractions.</p>")
     parts.append("<h2>Fit summary</h2>")
     rows: list[list[Any]] = [["closed form, paper a", PAPER_A]]
     for g in fits:  # one refit per kind of run: schedules and variants never share a fit
         what = " ".join(x for x in (g["schedule"], g["variant"]) if x)
-        rows.append([f"closed form, refitted a (MAE), {what}, {g['n']} f*", g["a_refit"]])
+        left = f" ({g['n_starved']} step-starved left out)" if g["n_starved"] else ""
+        a = f"{g['a_refit']:.4g}" + (f" - NOT A FIT: {g['warning']}" if g["warning"] else "")
+        rows.append([f"closed form, refitted a (MAE), {what}, {g['n']} f*{left}", a])
         rows.append([f"MAE of paper f_hat / of the refit vs measured f*, {what}",
                      f"{g['mae_paper']:.4g} / {g['mae_refit']:.4g}"])
     if adapter is not None:
@@ -599,11 +781,6 @@ def build_report(
         parts.append(_table(["size", "D_total", "bits", "f", "seed", "fused", "standard", "delta"],
                             [[p["size"], p["D_total"], p["bits"], p["f"], int(p["seed"]),
                               p["loss_fused"], p["loss_standard"], p["delta"]] for p in pairs]))
-    parts.append("<h2>Figures</h2>")
-    for caption, name, data in figs:
-        b64 = base64.b64encode(data).decode()
-        parts.append(f"<h3>{html.escape(caption)}</h3>"
-                     f"<img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>")
     doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
            f"</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")
     from coqat.config import atomic_write_text

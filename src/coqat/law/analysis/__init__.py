@@ -3,10 +3,12 @@
 What the report and the experiments compute from finished runs:
 
 * measured curves and optima: :func:`grids` (one curve per configuration, runs of one call),
-  :func:`fstar_table`, :data:`MIN_STEPS` (step-starved runs are flagged and left out of fits);
+  :func:`fstar_table`, :func:`seed_spread` (mean and sd over seeds per fraction), :data:`MIN_STEPS`
+  (step-starved runs are flagged and left out of fits);
 * regret in nats of any fraction rule on a measured curve: :func:`regret`,
   :func:`regret_detail`, :func:`rule_summary` (MAE and regret of several rules over grids);
-* closed forms refitted on measured optima, with leave-one-out errors: :func:`closed_form_refits`;
+* closed forms refitted on measured optima, with leave-one-out errors: :func:`closed_form_refits`
+  (:func:`degenerate_refit`: when a refit is no fit);
 * noise: :func:`spread`, :func:`repeat_groups`, :class:`StepNoise`, :func:`fstar_bootstrap`;
 * paired comparisons (fused vs standard, knobs): :func:`pair_runs`, :func:`fusion_pairs`,
   :func:`diff_stats`;
@@ -33,6 +35,7 @@ from coqat.law.analysis.grids import (
     representatives,
     rule_summary,
     seed_means,
+    seed_spread,
     step_starved,
 )
 from coqat.law.analysis.heldout import (
@@ -52,7 +55,13 @@ from coqat.law.analysis.noise import (
     spread,
 )
 from coqat.law.analysis.pairs import fusion_pairs, pair_runs
-from coqat.law.analysis.refits import FORMS, closed_form_refits, leave_one_out, mae
+from coqat.law.analysis.refits import (
+    FORMS,
+    closed_form_refits,
+    degenerate_refit,
+    leave_one_out,
+    mae,
+)
 from coqat.law.analysis.regret import regret, regret_detail, rule_fraction
 from coqat.law.optimum import measured_loss_at, measured_optimum
 
@@ -64,6 +73,7 @@ __all__ = [
     "StepNoise",
     "call_of",
     "closed_form_refits",
+    "degenerate_refit",
     "diff_stats",
     "fit_summary",
     "fstar_bootstrap",
@@ -89,6 +99,7 @@ __all__ = [
     "rule_fraction",
     "rule_summary",
     "seed_means",
+    "seed_spread",
     "spread",
     "step_starved",
     "without_ptq",

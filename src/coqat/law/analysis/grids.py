@@ -83,6 +83,22 @@ def seed_means(f: Any, loss: Any) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
+def seed_spread(f: Any, loss: Any) -> dict[str, np.ndarray]:
+    """Per distinct fraction (equal to F_DECIMALS, sorted): ``f``, ``mean`` (as
+    :func:`seed_means`), ``sd`` (sample sd, ddof 1, over the repeats; NaN for one) and ``n``."""
+    acc: dict[float, list[tuple[float, float]]] = defaultdict(list)
+    for x, y in zip(np.asarray(f, float), np.asarray(loss, float)):
+        acc[round(float(x), F_DECIMALS)].append((float(x), float(y)))
+    keys = sorted(acc)
+    ys = [np.array([p[1] for p in acc[k]]) for k in keys]
+    return {
+        "f": np.array([np.mean([p[0] for p in acc[k]]) for k in keys]),
+        "mean": np.array([y.mean() for y in ys]),
+        "sd": np.array([y.std(ddof=1) if y.size > 1 else np.nan for y in ys]),
+        "n": np.array([y.size for y in ys]),
+    }
+
+
 @dataclass(eq=False)
 class Grid:
     """One measured curve: ``labels`` (the grouping fields' values), ``call`` (the call its runs
@@ -126,6 +142,10 @@ class Grid:
 
     def step_starved(self, min_steps: int = MIN_STEPS) -> bool:
         return step_starved(self.steps, min_steps)
+
+    def spread(self) -> dict[str, np.ndarray]:
+        """:func:`seed_spread` of the grid's runs: the mean, sd and count at every fraction."""
+        return seed_spread([r["f"] for r in self.runs], [r["loss"] for r in self.runs])
 
     def optimum(self) -> dict[str, Any]:
         """:func:`coqat.law.optimum.measured_optimum` of the curve."""

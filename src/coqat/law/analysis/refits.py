@@ -12,6 +12,9 @@ optima f*:
 
 Leave-one-out: each optimum is predicted by the form fitted on all the others; its MAE is the
 out-of-sample error of the form.
+
+:func:`degenerate_refit` says when a refit is no fit (too few optima, one S, a parameter at a
+bound), so that a report can say so instead of presenting it as one.
 """
 
 from __future__ import annotations
@@ -90,3 +93,27 @@ def closed_form_refits(
             rec["mae_loo"] = mae(leave_one_out(fp, len(f)), f)
         out[form] = rec
     return out
+
+
+def degenerate_refit(S: Any, fstar: Any, params: dict[str, float],
+                     bounds: dict[str, tuple[float, float]] | None = None) -> str:
+    """Why a closed form with ``params`` fitted by MAE on (S_total, f*) is no fit, '' when it is
+    one: fewer optima than parameters + 2 (one parameter from 2 optima: every value between the
+    two optima's own fits has the same MAE; from 1: an exact fit), fewer than two distinct S
+    (the form's S dependence is not measured), or a parameter at a bound of ``bounds``
+    (default: ``FractionClosedForm.bounds``)."""
+    S = np.asarray(S, float)
+    n, k = int(np.size(fstar)), len(params)
+    bounds = FractionClosedForm.bounds if bounds is None else bounds
+    why = []
+    if n < k + 2:
+        why.append(f"{k} parameter{'s' * (k > 1)} from {n} optim{'a' if n != 1 else 'um'} "
+                   f"(a fit needs at least {k + 2})")
+    if np.unique(np.round(S, 6)).size < 2:
+        why.append("one S_total only")
+    for name, v in params.items():
+        lo, hi = bounds.get(name, (-np.inf, np.inf))
+        for b in (lo, hi):
+            if np.isfinite(b) and np.isclose(v, b, rtol=1e-3, atol=1e-6):
+                why.append(f"{name} = {v:.4g} at its bound {b:g}")
+    return "; ".join(why)
