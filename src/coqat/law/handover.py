@@ -47,6 +47,7 @@ class HandoverRule:
         }
         self.fit_report_ = {"converged": bool(getattr(inner, "converged", True))}
         self.params_ = {"N_lo": self.N_lo, "N_hi": self.N_hi}
+        self.bootstrap_info_ = dict(getattr(inner, "bootstrap_info_", {}) or {})  # the interval
 
     @property
     def converged(self) -> bool:

@@ -217,7 +217,7 @@ def _report(q, results, sm, unigram, wall, out) -> None:
     agree = "agrees with" if sm["f_hat_in_tied"] else "differs from"
     con.print(
         f"[bold]4/4[/] planner: `coqat plan --params {sm['N']} --tokens {sm['D']} --bits "
-        f"{q.bits:g}` gives the paper's closed form f_hat = exp(-a / ln S_total) = "
+        f"{q.bits:g} --law paper` gives the paper's closed form f_hat = exp(-a / ln S_total) = "
         f"{sm['f_hat']:.3f} at S_total = {sm['S_total']:.1f}; it {agree} the measurement "
         f"(fitted at 86M-2.2B parameters; this model has {sm['N'] / 1e6:.2f}M)"
     )
