@@ -230,6 +230,21 @@ def _fraction(a: float, x: np.ndarray) -> Any:
     return float(f) if f.ndim == 0 else f
 
 
+def _triples(
+    S_total: Any, N: Any, f_star: Any, loss: str, min_n: int, form: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(S, N, f*) as equally long float arrays of at least ``min_n`` points, and a known loss;
+    ConfigError naming the field otherwise."""
+    if N is None:
+        raise ConfigError("N", f"{form} is fitted on (S_total, N, f*) triples")
+    S, Nn, f = (np.asarray(v, float) for v in (S_total, N, f_star))
+    if not (S.shape == f.shape == Nn.shape) or S.size < min_n:
+        raise ConfigError("f_star", f"need equally long S_total, N and f_star (>= {min_n} points)")
+    if loss not in ("mae", "lsq"):
+        raise ConfigError("loss", f"{loss!r} is not allowed; choose one of ['mae', 'lsq']")
+    return S, Nn, f
+
+
 def fstar_pairs(runs: Any, min_fractions: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(S_total, N, f*) of every (N, D, bits) group of quantized runs with at least
     ``min_fractions`` distinct fractions, f* the grid argmin (``coqat.law.optimum``). Where the
@@ -294,15 +309,7 @@ class SizedFractionClosedForm(FractionClosedForm):
         the paper's a and several g."""
         from scipy.optimize import minimize
 
-        S = np.asarray(S_total, float)
-        f = np.asarray(f_star, float)
-        if N is None:
-            raise ConfigError("N", "the sized closed form is fitted on (S_total, N, f*) triples")
-        Nn = np.asarray(N, float)
-        if not (S.shape == f.shape == Nn.shape) or S.size < 2:
-            raise ConfigError("f_star", "need equally long S_total, N and f_star (>= 2 points)")
-        if loss not in ("mae", "lsq"):
-            raise ConfigError("loss", f"{loss!r} is not allowed; choose one of ['mae', 'lsq']")
+        S, Nn, f = _triples(S_total, N, f_star, loss, min_n=2, form="the sized closed form")
         lo, hi = self.bounds["g"]
 
         def obj(p):
@@ -370,15 +377,7 @@ class TokensPerBitClosedForm(SizedFractionClosedForm):
         squares."""
         from scipy.optimize import minimize_scalar
 
-        S = np.asarray(S_total, float)
-        f = np.asarray(f_star, float)
-        if N is None:
-            raise ConfigError("N", "the tokens-per-bit form is fitted on (S_total, N, f*) triples")
-        Nn = np.asarray(N, float)
-        if not (S.shape == f.shape == Nn.shape) or S.size < 1:
-            raise ConfigError("f_star", "need equally long, non-empty S_total, N and f_star")
-        if loss not in ("mae", "lsq"):
-            raise ConfigError("loss", f"{loss!r} is not allowed; choose one of ['mae', 'lsq']")
+        S, Nn, f = _triples(S_total, N, f_star, loss, min_n=1, form="the tokens-per-bit form")
 
         def obj(a):
             r = TokensPerBitClosedForm(a).predict_fraction(S, Nn) - f

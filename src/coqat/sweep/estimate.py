@@ -354,11 +354,8 @@ def left_over(store: Any, est: Estimator, *, version: str | None = None,
 
 
 def _fmt(sec: float | None) -> str:
+    from coqat.sweep.tree import _hms
+
     if sec is None or not math.isfinite(sec):
         return "-"
-    if sec < 60:
-        return f"{sec:.1f}s"
-    sec = int(round(sec))
-    h, rem = divmod(sec, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+    return _hms(sec)
