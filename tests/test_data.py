@@ -110,6 +110,14 @@ def test_every_source_format(tmp_path):
     assert got == [("a.jsonl:1", "j"), ("b.h.gz", "#define B 1"), ("sub/x.c", "int x;")]
     assert [s.name for s in list_sources([folder])] == ["a.jsonl", "b.h.gz", "sub/x.c"]
     assert len(list(iter_documents([folder], max_docs=2))) == 2
+    # a suffix filter reads only those files from folders (a .json config is not JSON Lines)
+    (folder / "config.json").write_text('{"not": "jsonl"}')
+    assert [s.name for s in list_sources([folder], [".c", ".h"])] == ["b.h.gz", "sub/x.c"]
+    assert [s.name for s in list_sources([folder / "config.json"], [".c"])] == ["config.json"]
+    with pytest.raises(DataError, match=r"suffixes: '\.bin'; allowed: .*\.py"):
+        list_sources([folder], [".bin"])
+    with pytest.raises(DataError, match="folder holds no input files .*names ending in .rs"):
+        list_sources([folder], [".rs"])
 
 
 def test_zstandard_missing_is_a_clear_error(tmp_path, monkeypatch):
@@ -346,3 +354,16 @@ def test_cli_prepare_and_info(corpus, tmp_path, capsys):
     args.func(args)
     text = capsys.readouterr().out
     assert "train" in text and "val" in text and "bytes/token" in text
+
+    tree = tmp_path / "tree"
+    (tree / "pkg").mkdir(parents=True)
+    for i in range(12):
+        (tree / "pkg" / f"mod{i:02d}.py").write_text(f"def f{i}(x):\n    return x + {i}\n" * 20)
+    (tree / "pkg" / "data.json").write_text('{"a": [1, 2]}')  # would fail as JSON Lines
+    out = tmp_path / "py"
+    args = ap.parse_args(["data", "prepare", str(tree), "--out", str(out), "--vocab", "300",
+                          "--val-fraction", "0.3", "--suffix", ".py"])  # fmt: skip
+    args.func(args)
+    m = load_manifest(out)
+    assert m.suffixes == [".py"] and len(m.sources) == 12
+    assert all(x.path.endswith(".py") for x in m.sources)

@@ -58,6 +58,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--max-docs", type=int, default=None, help="read only the first N documents (quick runs)"
     )
     p.add_argument("--seed", type=int, default=0, help="salt of the id hash of the split")
+    p.add_argument(
+        "--suffix",
+        action="append",
+        dest="suffixes",
+        metavar="SUFFIX",
+        default=None,
+        help="read only files ending in SUFFIX from folders (repeatable; e.g. --suffix .py); "
+        "default: every known text and JSON Lines suffix",
+    )
     p.set_defaults(func=_prepare, intermixed="inputs")
 
     i = sub.add_parser("info", help="summarize a prepared directory's manifest")
@@ -114,6 +123,7 @@ def _prepare(args: argparse.Namespace) -> None:
         tokenizer=args.tokenizer,
         max_docs=args.max_docs,
         seed=args.seed,
+        suffixes=args.suffixes,
     )
     _summary(m, f"{args.out} ({time.perf_counter() - t0:.1f} s)")
 

@@ -54,6 +54,7 @@ class Manifest:
     seed: int = 0
     tokenizer_file: str = TOKENIZER
     max_docs: int | None = None
+    suffixes: list[str] | None = None  # folder file-name filter given to prepare (None = all)
 
     @property
     def total_tokens(self) -> int:

@@ -160,17 +160,19 @@ def prepare(
     tokenizer: str | Path | None = None,
     max_docs: int | None = None,
     seed: int = 0,
+    suffixes: Sequence[str] | None = None,
 ) -> Manifest:
     """Tokenize ``inputs`` into ``out_dir`` and return the manifest written there.
 
     ``vocab_size`` is the BPE target (ignored when ``tokenizer``, an existing tokenizer.json with
     an ``<|endoftext|>`` token, is given); ``seed`` salts the id hash of the split;
-    ``max_docs`` reads only the first documents of the input (for quick runs).
+    ``max_docs`` reads only the first documents of the input (for quick runs); ``suffixes``
+    restricts which files are read from folders (see :func:`~coqat.data.sources.list_sources`).
     """
     check_val_fraction(val_fraction)
     check(max_docs is None or max_docs > 0, "max_docs", f"must be positive, got {max_docs}")
     out = Path(out_dir)
-    sources = list_sources(inputs)
+    sources = list_sources(inputs, suffixes)
     source_info = tuple(
         SourceInfo(str(s.path), file_sha256(s.path), s.path.stat().st_size) for s in sources
     )
@@ -229,6 +231,7 @@ def prepare(
             bytes_per_token=round(total_bytes / total_tokens, 4),
             seed=seed,
             max_docs=max_docs,
+            suffixes=None if suffixes is None else list(suffixes),
         )
         _commit(out, {tok_tmp: out / TOKENIZER, **{w.tmp: w.path for w in writers.values()}})
     except BaseException:

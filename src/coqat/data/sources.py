@@ -9,8 +9,10 @@ Formats, chosen by file name (after removing one compression suffix ``.xz``, ``.
 
 A folder is walked recursively in sorted order; hidden files and folders (``.name``) are skipped,
 and a file is read only if its name (compression suffix removed) ends with one of
-:data:`FOLDER_SUFFIXES`. Ids of files found in a folder are their paths relative to that folder
-(posix form), so the train/validation split does not depend on where the corpus lives.
+:data:`FOLDER_SUFFIXES`, or of the ``suffixes`` given (e.g. ``(".py",)`` to take only Python source
+from a tree that also holds ``.json`` files, which would otherwise be read as JSON Lines). Ids
+of files found in a folder are their paths relative to that folder (posix form), so the
+train/validation split does not depend on where the corpus lives.
 
 Empty documents are skipped. Every problem raises :class:`~coqat.errors.DataError` naming the file
 (and the line where there is one). ``zstandard`` is imported only when a ``.zst`` file is read.
@@ -61,13 +63,31 @@ class SourceFile:
         return self.base_name.endswith(JSONL_SUFFIXES)
 
 
-def _wanted_in_folder(p: Path) -> bool:
-    src = SourceFile(p, p.name)
-    return src.base_name.endswith(FOLDER_SUFFIXES)
+def _wanted_in_folder(p: Path, suffixes: tuple[str, ...]) -> bool:
+    return SourceFile(p, p.name).base_name.endswith(suffixes)
 
 
-def list_sources(inputs: Iterable[str | Path]) -> list[SourceFile]:
-    """Expand ``inputs`` (files or folders) into source files; missing paths raise DataError."""
+def check_suffixes(suffixes: Iterable[str]) -> tuple[str, ...]:
+    """``suffixes`` as a tuple; DataError unless each is one of :data:`FOLDER_SUFFIXES`."""
+    out = tuple(suffixes)
+    bad = [s for s in out if s not in FOLDER_SUFFIXES]
+    if bad or not out:
+        raise DataError(
+            f"suffixes: {', '.join(map(repr, bad)) or 'none given'}; allowed: "
+            f"{', '.join(FOLDER_SUFFIXES)}"
+        )
+    return out
+
+
+def list_sources(
+    inputs: Iterable[str | Path], suffixes: Iterable[str] | None = None
+) -> list[SourceFile]:
+    """Expand ``inputs`` (files or folders) into source files; missing paths raise DataError.
+
+    ``suffixes`` restricts what is read from folders (default: every name in
+    :data:`FOLDER_SUFFIXES`); files named explicitly are always read.
+    """
+    wanted = FOLDER_SUFFIXES if suffixes is None else check_suffixes(suffixes)
     out: list[SourceFile] = []
     for raw in inputs:
         p = Path(raw)
@@ -79,12 +99,12 @@ def list_sources(inputs: Iterable[str | Path]) -> list[SourceFile]:
                 rel = f.relative_to(p)
                 if any(part.startswith(".") for part in rel.parts) or not f.is_file():
                     continue
-                if _wanted_in_folder(f):
+                if _wanted_in_folder(f, wanted):
                     found.append(SourceFile(f, rel.as_posix()))
             if not found:
                 raise DataError(
                     f"{p}: folder holds no input files (looked for names ending in "
-                    f"{', '.join(FOLDER_SUFFIXES)}, optionally + {', '.join(COMPRESSION_SUFFIXES)})"
+                    f"{', '.join(wanted)}, optionally + {', '.join(COMPRESSION_SUFFIXES)})"
                 )
             out.extend(found)
         else:
