@@ -8,9 +8,10 @@ spread over the visible GPUs most important first, each under a time limit; no j
 could not end before ``--budget`` seconds):
 
 * ``coqat``: ``bench/throughput.py``'s measurement of ``Trainer.train_step`` at 2m / 7m / 30m /
-  150m, FP and 4-bit QAT, in two settings: **after** = the defaults (``perf.kernels=fused``,
-  ``perf.batches=auto`` -> on the device, ``perf.cuda_graph=auto`` -> captured below 60M
-  parameters) and **before** = the step as it ran before ``coqat.train.step``
+  150m, FP and 4-bit QAT, in two settings: **after** = the defaults of the commit measured
+  (every result records its resolved ``perf``; since 2026-11-30 ``perf.kernels=plain``, before
+  that ``fused``; ``perf.batches=auto`` -> on the device, ``perf.cuda_graph=auto`` -> captured
+  below 60M parameters) and **before** = the step as it ran before ``coqat.train.step``
   (``kernels=plain, batches=host, cuda_graph=off``). At 2m and 150m (FP) also a torch.profiler
   kernel breakdown (GPU ms per step, top kernels by CUDA time).
 * ``plain``: the plain loop (``--plain``: a copy of ``../shared/bench/plain_loop.py``; bf16
@@ -90,10 +91,12 @@ def job_coqat(a: argparse.Namespace) -> None:
     import coqat.model.loss as loss_mod
 
     chunk0 = loss_mod.CHUNK_LOGITS
-    for spec in a.variants:  # after:16:profile, before:4, after:16:chunk=24, after:16:sdpa=flash
+    for spec in a.variants:  # after:16:profile, before:4, after:16:kernels=fused:chunk=24, ...
         name, bits, *flags = spec.split(":")
-        perf = AFTER if name == "after" else BEFORE
         opts = dict(f.split("=") for f in flags if "=" in f)
+        perf = dict(AFTER if name == "after" else BEFORE)
+        if "kernels" in opts:
+            perf["kernels"] = opts["kernels"]
         loss_mod.CHUNK_LOGITS = 1 << int(opts["chunk"]) if "chunk" in opts else chunk0
         if torch.cuda.is_available():
             torch.backends.cuda.enable_cudnn_sdp(opts.get("sdpa") != "flash")
@@ -216,8 +219,9 @@ def plan_jobs(a: argparse.Namespace) -> list[dict]:
         conc("before", 4, 90, 210),
         # diagnostics: loss chunks of 2^24 / 2^28 logits (default 2^26), flash attention
         # instead of cuDNN's
-        coqat("2m", ["after:16:chunk=24", "after:16:chunk=28", "after:16:sdpa=flash"], 110, 200),
-        coqat("150m", ["after:16:sdpa=flash"], 80, 150),
+        coqat("2m", ["after:16:kernels=fused:profile", "after:16:kernels=fused:chunk=24",
+                     "after:16:kernels=fused:chunk=28", "after:16:sdpa=flash"], 130, 220),
+        coqat("150m", ["after:16:kernels=fused", "after:16:sdpa=flash"], 130, 220),
     ]
     for j in jobs[-2:]:
         j["name"] += "-diagnostics"

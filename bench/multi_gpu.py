@@ -47,8 +47,10 @@ ROOT = Path(__file__).resolve().parents[1]
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
                 "NVSHMEM_DISABLE_NVLS": "1"}
 # seconds each part is expected to take (to skip what cannot fit) and may take at most
-PART_EST = {"a": 180, "b": 70, "c": 80, "d": 80}
-PART_MAX = {"a": 260, "b": 130, "c": 130, "d": 160}
+# (measured on two H200s, 2026-11-30: a 291 s -- 115 + 71 + ~105 --, b 51 s with a's DDP run
+# reused, c 52 s, d 83 s)
+PART_EST = {"a": 300, "b": 60, "c": 60, "d": 90}
+PART_MAX = {"a": 380, "b": 150, "c": 130, "d": 160}
 STEADY_WARMUP = 3  # coqat.train.timing.WARMUP_STEPS
 
 
@@ -107,7 +109,10 @@ class Bench:
         if gpus is not None and not self.args.smoke:
             env["CUDA_VISIBLE_DEVICES"] = gpus
         fh = open(self.logs / log, "w")  # noqa: SIM115 - owned by the child
-        p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        # a process group of its own: a timeout kills torchrun's ranks with it (killing only the
+        # launcher left the 150m DDP ranks training beside part b's run, 2026-11-30)
+        p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                             start_new_session=True)
         fh.close()
         p.started = time.perf_counter()  # type: ignore[attr-defined]
         return p
@@ -132,7 +137,8 @@ class Bench:
             try:
                 rc = p.wait(timeout=max(1.0, end - time.perf_counter()))
             except subprocess.TimeoutExpired:
-                p.kill()
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
                 rc = "timeout"
             out[key] = {"rc": rc, "process_s": round(time.perf_counter() - p.started, 1)}
         return out
@@ -571,7 +577,7 @@ def main() -> None:
     ap.add_argument("--out", default=os.environ.get("OUT") and
                     str(Path(os.environ["OUT"]) / "multi_gpu.json"), help="results JSON")
     ap.add_argument("--parts", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
-    ap.add_argument("--budget-s", type=float, default=470.0, help="seconds for all parts")
+    ap.add_argument("--budget-s", type=float, default=540.0, help="seconds for all parts")
     ap.add_argument("--work", default="/tmp/coqat-multi-gpu", help="run folders")
     ap.add_argument("--step-size", default="2.2b", help="ladder size of part c")
     ap.add_argument("--fsdp-param-dtype", default="fp32", choices=["fp32", "bf16"])

@@ -6,10 +6,10 @@ weight through :meth:`effective_weight`, which applies ``weight_quantizer`` when
 so quantization never forks this file.
 
 ``Llama.kernels`` chooses how the same mathematics runs (the module tree and state dict are the
-same either way): ``"plain"`` (the default) multiplies by each matrix on its own and computes the
-loss from full logits; ``"fused"`` (what the trainer uses) concatenates the effective weights of
-q/k/v and of gate/up into one matmul each and computes the loss with
-:func:`coqat.model.loss.linear_cross_entropy` (chunks of tokens, no logits kept).
+same either way): ``"plain"`` (the default, also the trainer's: ``RunConfig.perf.kernels``)
+multiplies by each matrix on its own and computes the loss from full logits; ``"fused"``
+concatenates the effective weights of q/k/v and of gate/up into one matmul each and computes the
+loss with :func:`coqat.model.loss.linear_cross_entropy` (chunks of tokens, no logits kept).
 """
 
 from __future__ import annotations
