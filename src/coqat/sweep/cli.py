@@ -103,7 +103,9 @@ def add_parser(subparsers: Any) -> None:
         "claim only work (a run's own part, a trunk segment) whose estimate ends before the "
         "limit; leave the rest pending for the next call and say what was left and why. "
         "Estimate: the tokens/s table x the efficiency measured from the store's finished runs "
-        "on the same device (else --efficiency), shared by the workers on one device.",
+        "on the same device (else --efficiency), shared by the workers on one device, plus "
+        "each piece's overheads and the compilation of each model shape and bit width a "
+        "worker process trains first (docs/sweep.md).",
     )
     _time_args(t, run=True)
     g = r.add_argument_group("slurm (with --executor slurm)")
@@ -195,8 +197,8 @@ def _time_args(g: Any, run: bool) -> None:
                        help="an absolute deadline instead: seconds since the epoch or an ISO "
                        "8601 time (e.g. 2026-12-01T18:00, local time unless it has a zone)")
     g.add_argument("--efficiency", type=float, default=None,
-                   help="fraction of the table's tokens/s one device reaches over whole runs "
-                   "when the store has no finished run on it (default 0.7)")
+                   help="fraction of the table's tokens/s one device reaches in steady "
+                   "training when the store has no finished run on it (default 0.8)")
 
 
 def _deadline(args: argparse.Namespace, t0: float) -> float | None:

@@ -2,18 +2,24 @@
 
 A piece of work is a run's own part (after its branch step when it branches from a trunk
 checkpoint, else the whole run) or a trunk segment (from its latest checkpoint to the next branch
-step). Its time on one worker is ``tokens / (tokens_per_s x efficiency / slots_per_device)``:
+step). Its time on one worker is ``tokens / (tokens_per_s x efficiency / slots_per_device)``
+plus its overheads (:meth:`Estimator.overhead_s`):
 
 * ``tokens_per_s``: :func:`coqat.sweep.throughput.tokens_per_s` (the shipped benchmark table, or
   the user's ``--tokens-per-s``);
-* ``efficiency``: the fraction of that throughput one device reaches over whole runs
-  (compilation, evaluation and data loading included), measured from the store's finished runs
-  on the same device (median of their trained tokens / wall time / table throughput, times the
+* ``efficiency``: the fraction of that throughput one device reaches in steady training,
+  measured from the store's finished runs on the same device (median of their steady tokens/s,
+  ``tokens_per_s_steady``, else trained tokens / wall time, over the table throughput, times the
   workers that shared their device, which the worker records with each result as
   ``slots_per_device``; runs without it, e.g. imported ones, do not count; by size when that
   size has finished runs there), else the ``efficiency`` given (``--efficiency``, default
   :data:`DEFAULT_EFFICIENCY`);
-* ``slots_per_device``: workers sharing one device share its throughput.
+* ``slots_per_device``: workers sharing one device share its throughput;
+* overheads (:func:`coqat.sweep.throughput.overheads`, GPU runs): ``piece_s`` for every piece,
+  and the compilation of each graph the piece trains that its worker process has not trained yet
+  (the FP step of its model shape, the QAT step at its bit width): the estimator remembers what
+  its worker trained (:meth:`Estimator.trained`), so a first run of a shape in a process includes
+  its compile time and a second one does not.
 
 :func:`simulate` plays the claim order of :meth:`coqat.sweep.store.Store.claim` (branches whose
 checkpoint is ready first, then trunks and lone runs, longest first;
@@ -32,11 +38,11 @@ from typing import Any
 
 from coqat.sweep.store import own_tokens, tokens_per_step
 
-#: fraction of the benchmark throughput one device reaches over whole runs when the store has no
-#: finished run on it. The reference experiment's slices on one H200 (experiments/reference/
-#: README.md, 7.) reached 0.58-0.77 of the single-process bench with 4 concurrent workers, 0.80-0.94
-#: for one large run alone, 0.33-0.45 for one worker running many small runs in sequence.
-DEFAULT_EFFICIENCY = 0.7
+#: fraction of the benchmark throughput one device reaches in steady training when the store has
+#: no finished run on it: the 2026-11-30 design calls (one worker per H200, batch 128 x 512,
+#: experiments/reference/results/2026-11-30-c2/c3/c5) trained at 0.83-0.86 of the table's
+#: tokens/s (4m-50m; 90m 1.02) once compiled; compilation and evaluation are overheads apart.
+DEFAULT_EFFICIENCY = 0.8
 
 
 class Estimator:
@@ -53,6 +59,7 @@ class Estimator:
         efficiency: float = DEFAULT_EFFICIENCY,
         table: dict[str, float] | float | None = None,
         device_of: Any = None,
+        overheads: bool = True,
     ):
         if not (efficiency > 0 and math.isfinite(efficiency)):
             from coqat.errors import ConfigError
@@ -63,6 +70,8 @@ class Estimator:
         self.table = table if isinstance(table, dict) else None
         self.rate = float(table) if isinstance(table, int | float) and table else None
         self.device_of = device_of or (lambda d: d)
+        self.with_overheads = bool(overheads)
+        self.compiled: set[tuple] = set()  # graphs this worker process has trained
         self._cfg: dict[str, Any] = {}
         self._alone: dict[str, float] = {}
         self._measured_runs: dict[str, tuple[str, str, float]] = {}
@@ -107,6 +116,64 @@ class Estimator:
             self._alone[key] = self.worker_tokens_per_s(self._config(row))
         return tokens / self._alone[key]
 
+    # ---------------------------------------------------------------- overheads
+    def overheads(self, cfg: Any) -> dict[str, float]:
+        """:func:`coqat.sweep.throughput.overheads` of ``cfg`` (all 0 with ``overheads=False``)."""
+        from coqat.sweep.throughput import overheads
+
+        if not self.with_overheads:
+            return dict.fromkeys(("compile_fp_s", "compile_qat_s", "piece_s",
+                                  "process_start_s"), 0.0)
+        return overheads(cfg)
+
+    @staticmethod
+    def graphs(kind: str, cfg: Any, *, branched: bool = False) -> set[tuple]:
+        """The compiled graphs a piece trains: ("fp", shape) when it trains FP steps (a trunk
+        segment; a run before its QAT start, from its branch step when ``branched``), ("qat",
+        shape, bits...) when it trains QAT steps."""
+        from coqat.train.phases import plan_phases
+
+        shape = (repr(cfg.model), cfg.optim.micro, cfg.precision, cfg.compile_mode)
+        if kind == "trunk":
+            return {("fp", *shape)}
+        plan = plan_phases(cfg)
+        start = plan.branch_step if branched else 0
+        out = set()
+        if plan.fp_steps > start:
+            out.add(("fp", *shape))
+        if plan.qat_steps > 0:
+            q = cfg.qat
+            out.add(("qat", *shape, q.bits, q.granularity, q.group_size, q.embed_bits))
+        return out
+
+    def overhead_s(self, kind: str, cfg: Any, *, branched: bool = False,
+                   compiled: set[tuple] | None = None) -> float:
+        """Seconds a piece costs besides its tokens: ``piece_s`` plus the compilation of each of
+        its :meth:`graphs` not in ``compiled`` (default: what this worker trained)."""
+        ov = self.overheads(cfg)
+        done = self.compiled if compiled is None else compiled
+        s = ov["piece_s"]
+        for g in self.graphs(kind, cfg, branched=branched) - done:
+            s += ov["compile_fp_s"] if g[0] == "fp" else ov["compile_qat_s"]
+        return s
+
+    def trained(self, kind: str, cfg: Any, *, branched: bool = False) -> None:
+        """Remember that this worker process trained (so compiled) the piece's graphs."""
+        self.compiled |= self.graphs(kind, cfg, branched=branched)
+
+    def row_overhead_s(self, kind: str, row: Any) -> float:
+        """:meth:`overhead_s` of a store row (the store's ``overhead`` callback): a trunk row,
+        or a runs row (branched when its branch checkpoint is ready, ``row['ckpt']``)."""
+        from coqat.config import from_dict
+        from coqat.train.config import RunConfig
+
+        if kind == "trunk":
+            cfg = from_dict(RunConfig, json.loads(row["config"]))
+            return self.overhead_s("trunk", cfg)
+        keys = row.keys() if hasattr(row, "keys") else ()
+        branched = bool(row["trunk"] and "ckpt" in keys and row["ckpt"])
+        return self.overhead_s("run", self._config(row), branched=branched)
+
     # ---------------------------------------------------------------- measurement
     def measure(self, store: Any) -> dict[tuple[str, str | None], float]:
         """Re-measure device efficiencies from the store's finished runs (see module doc)."""
@@ -124,10 +191,13 @@ class Estimator:
                 if not res.get("slots_per_device"):
                     continue  # how many workers shared its device is unknown: not a measurement
                 cfg = self._config(r)
-                tokens = cfg.tokens_per_step * plan_phases(cfg).steps
-                if res.get("branched_from"):  # its wall time counts its own part only
-                    tokens -= cfg.tokens_per_step * plan_phases(cfg).branch_step
-                eff = tokens / r["wall"] / self.alone_tokens_per_s(cfg)
+                rate = res.get("tokens_per_s_steady")
+                if not rate:  # no steady figure: the whole wall time (overheads included)
+                    tokens = cfg.tokens_per_step * plan_phases(cfg).steps
+                    if res.get("branched_from"):  # its wall time counts its own part only
+                        tokens -= cfg.tokens_per_step * plan_phases(cfg).branch_step
+                    rate = tokens / r["wall"]
+                eff = float(rate) / self.alone_tokens_per_s(cfg)
                 eff *= float(res["slots_per_device"])
             except Exception:  # noqa: BLE001 - a row of another schema: not a measurement
                 continue
@@ -199,7 +269,9 @@ def simulate(plan: Any, est: Estimator, workers: int = 1, budget_s: float | None
     :class:`coqat.sweep.tree.SweepPlan`: every worker, when free, takes the longest ready piece
     that ends before ``budget_s``; a trunk worker trains segment after segment while the next
     one fits, and each branch checkpoint is ready when its segment ends; a worker with nothing
-    ready waits for the next checkpoint. Deterministic."""
+    ready waits for the next checkpoint. Every worker is a new process: it starts after
+    ``process_start_s`` and pays each graph's compilation once (:meth:`Estimator.overhead_s`).
+    Deterministic."""
     runs = list(plan.runs)
     own = {}
     for i, r in enumerate(runs):
@@ -213,12 +285,19 @@ def simulate(plan: Any, est: Estimator, workers: int = 1, budget_s: float | None
     trunk_busy: dict[str, float] = {}
     trunk_done: dict[str, int] = {}  # latest step trained
     claimed: set[int] = set()
-    clock = [0.0] * max(1, workers)
+    start_s = max((est.overheads(r.cfg)["process_start_s"] for r in runs), default=0.0)
+    clock = [start_s] * max(1, workers)
     done = [False] * len(clock)
+    compiled: list[set[tuple]] = [set() for _ in clock]  # graphs each worker process trained
     sched = Schedule(workers=len(clock), budget_s=budget_s)
 
     def seg_s(t: Any, a: int, b: int) -> float:
         return est.seconds_cfg(t.cfg, (b - a) * t.tokens_per_step)
+
+    def extra(kind: str, cfg: Any, w: int | None, branched: bool = False) -> float:
+        """Overheads of a piece on worker ``w`` (None: a new worker process)."""
+        return est.overhead_s(kind, cfg, branched=branched,
+                              compiled=set() if w is None else compiled[w])
 
     def waiting(k: str, now: float) -> list[int]:
         return sorted(
@@ -243,14 +322,16 @@ def simulate(plan: Any, est: Estimator, workers: int = 1, budget_s: float | None
             first, last = runs[wt[0]].branch_step, runs[wt[-1]].branch_step
             start = trunk_done.get(k, 0)
             total = seg_s(t, start, last) + sum(own[i] for i in wt)
-            cands.append((1, -total, 0, order[k], "trunk", seg_s(t, start, first), k))
+            first_s = seg_s(t, start, first) + extra("trunk", t.cfg, w)
+            cands.append((1, -total, 0, order[k], "trunk", first_s, k))
         for i, r in enumerate(runs):
             if i in claimed:
                 continue
             if r.trunk and ready_at.get((r.trunk, r.branch_step), math.inf) > now:
                 continue
             # a branch whose checkpoint is ready goes first (Store.claim)
-            cands.append((0 if r.trunk else 1, -own[i], 1, i, "run", own[i], i))
+            s_i = own[i] + extra("run", r.cfg, w, branched=bool(r.trunk))
+            cands.append((0 if r.trunk else 1, -own[i], 1, i, "run", s_i, i))
         cands.sort(key=lambda c: c[:4])
         pick = next((c for c in cands if fits(now, c[5])), None)
         if pick is not None and pick[4] == "trunk":
@@ -258,9 +339,10 @@ def simulate(plan: Any, est: Estimator, workers: int = 1, budget_s: float | None
             clock_w = now
             while (wt := waiting(k, clock_w)):
                 a, b = trunk_done.get(k, 0), runs[wt[0]].branch_step
-                s = seg_s(t, a, b)
+                s = seg_s(t, a, b) + extra("trunk", t.cfg, w)
                 if not fits(clock_w, s):
                     break
+                compiled[w] |= est.graphs("trunk", t.cfg)
                 sched.pieces.append(
                     Piece("trunk", k, f"trunk {k} to step {b}", s, w, clock_w, clock_w + s)
                 )
@@ -271,12 +353,13 @@ def simulate(plan: Any, est: Estimator, workers: int = 1, budget_s: float | None
             clock[w] = clock_w
             continue
         if pick is not None:
-            i = pick[6]
+            i, s_i = pick[6], pick[5]
             claimed.add(i)
             sched.pieces.append(
-                Piece("run", str(i), _run_label(runs[i].cfg), own[i], w, now, now + own[i])
+                Piece("run", str(i), _run_label(runs[i].cfg), s_i, w, now, now + s_i)
             )
-            clock[w] = now + own[i]
+            compiled[w] |= est.graphs("run", runs[i].cfg, branched=bool(runs[i].trunk))
+            clock[w] = now + s_i
             continue
         later = [x for x in list(ready_at.values()) + list(trunk_busy.values()) + clock
                  if x > now]
@@ -290,12 +373,13 @@ def simulate(plan: Any, est: Estimator, workers: int = 1, budget_s: float | None
         if r.trunk and (r.trunk, r.branch_step) not in ready_at:
             t = plan.trunks[r.trunk]
             a = trunk_done.get(r.trunk, 0)
+            seg = seg_s(t, a, r.branch_step) + extra("trunk", t.cfg, None)
             why = (
                 f"waits for trunk {r.trunk}: its segment to step {r.branch_step} "
-                f"(est. {_fmt(seg_s(t, a, r.branch_step))} from step {a}) does not fit"
+                f"(est. {_fmt(seg)} from step {a}) does not fit"
             )
         else:
-            why = f"does not fit (est. {_fmt(own[i])})"
+            why = f"does not fit (est. {_fmt(own[i] + extra('run', r.cfg, None, bool(r.trunk)))})"
         sched.left.append((r, why))
     return sched
 
@@ -325,7 +409,8 @@ def left_over(store: Any, est: Estimator, *, version: str | None = None,
               sweep: str | None = None, budget_s: float | None = None) -> list[dict[str, Any]]:
     """The pending runs of a store and why a time-limited call left them: ``[{key, label,
     est_s, reason}]``, ``est_s`` being the piece that did not fit (the run's own part, or the
-    trunk segment it waits for). ``budget_s``: seconds left before the deadline."""
+    trunk segment it waits for, overheads of a new worker process included). ``budget_s``:
+    seconds left before the deadline."""
     out = []
     trunk_status = {t["key"]: t["status"] for t in store.trunks()}
     if budget_s is None:
@@ -337,11 +422,14 @@ def left_over(store: Any, est: Estimator, *, version: str | None = None,
     for r in store.rows(("pending",), sweep=sweep, version=version):
         ready_steps = store.trunk_ready_steps(r["trunk"]) if r["trunk"] else {}
         branched = bool(r["trunk"] and r["branch_step"] in ready_steps)
+        cfg = est._config(r)
         own = est.seconds(r, own_tokens(r, branched))
-        item = {"key": r["key"], "label": _run_label(est._config(r)), "est_s": own}
+        own += est.overhead_s("run", cfg, branched=branched, compiled=set())
+        item = {"key": r["key"], "label": _run_label(cfg), "est_s": own}
         if r["trunk"] and not branched and trunk_status.get(r["trunk"]) != "failed":
             start = max((s for s in ready_steps if s < r["branch_step"]), default=0)
             seg = est.seconds(r, (r["branch_step"] - start) * tokens_per_step(r))
+            seg += est.overhead_s("trunk", cfg, compiled=set())
             item["est_s"] = seg
             item["reason"] = (
                 f"waits for trunk {r['trunk']} (its segment to step {r['branch_step']}: est. "

@@ -595,6 +595,7 @@ class Store:
         seconds: Callable[[Any, int], float] | None = None,
         budget_s: float | None = None,
         progress_of: Callable[[str, str], str] | None = None,
+        overhead: Callable[[str, Any], float] | None = None,
     ) -> Claim | None:
         """Atomically take the next piece of work for ``owner`` (see module doc), or None.
 
@@ -610,7 +611,9 @@ class Store:
         registration order.
 
         ``budget_s``: a piece whose own time exceeds it is not claimed; it stays pending and is
-        listed in ``self.left`` (``kind, key, est_s``). ``progress_of(kind, folder)``: a marker
+        listed in ``self.left`` (``kind, key, est_s``); ``overhead(kind, row)`` adds the seconds
+        it costs besides its tokens (compilation, evaluation; not counted in the order).
+        ``progress_of(kind, folder)``: a marker
         of the newest checkpoint in a run's or trunk's folder. At ``max_attempts`` a piece fails
         only when its marker did not change since its attempts were last counted: attempts
         count consecutive deaths of its workers without a new checkpoint.
@@ -660,6 +663,8 @@ class Store:
                 ):
                     self._give_up(db, kind, row, now)
                     continue
+                if budget_s is not None and overhead is not None:
+                    est += overhead(kind, row)
                 if budget_s is not None and est > budget_s:
                     self.left.append({"kind": kind, "key": row["key"], "est_s": est})
                     continue

@@ -7,6 +7,11 @@ the copy against those files). A ladder size of the table at the benchmark's sha
 measured tokens/s; any other model gets the model-FLOP utilisation (MFU) interpolated in log N
 between the measured sizes (clamped at the ends) times the peak, over its own FLOPs per token.
 CPU runs use :data:`CPU_FLOPS`.
+
+The table's ``overheads`` are what a worker process pays on the GPU besides steady training,
+measured over whole sweep calls (see :func:`overheads`): compiling each new graph (a model shape's
+FP step, and its QAT step per bit width) once per process, a piece's evaluations and checkpoints,
+and the process's start.
 """
 
 from __future__ import annotations
@@ -71,6 +76,31 @@ def gpu_tokens_per_s(model: Any) -> float:
         t = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
         mfu = ys[i - 1] + t * (ys[i] - ys[i - 1])
     return mfu * bench_table()["peak_tflops"] * 1e12 / flops_per_token(model)
+
+
+def overheads(cfg: Any) -> dict[str, float]:
+    """Seconds a run (a RunConfig) pays besides steady training, from the table's
+    ``overheads``: ``compile_fp_s`` and ``compile_qat_s`` (the first FP / QAT-at-these-bits
+    training of its model shape in a process; 0 when it does not compile), ``piece_s`` (each run
+    or trunk segment: evaluations, checkpoints, set-up) and ``process_start_s``; interpolated in
+    log N between the measured sizes, clamped at the ends. All 0 for a CPU run (its
+    :data:`CPU_FLOPS` already includes them)."""
+    from coqat.model.config import param_counts
+
+    keys = ("compile_fp_s", "compile_qat_s", "piece_s")
+    if on_cpu(cfg.device):
+        return dict.fromkeys((*keys, "process_start_s"), 0.0)
+    ov = bench_table()["overheads"]
+    rows = sorted(ov["rows"], key=lambda r: r["params"])
+    x = math.log(param_counts(cfg.model).total)
+    xs = [math.log(r["params"]) for r in rows]
+    i = next((k for k in range(1, len(xs)) if xs[k] >= x), len(xs) - 1)
+    t = min(1.0, max(0.0, (x - xs[i - 1]) / (xs[i] - xs[i - 1])))
+    out = {k: rows[i - 1][k] + t * (rows[i][k] - rows[i - 1][k]) for k in keys}
+    if cfg.compile == "off":
+        out["compile_fp_s"] = out["compile_qat_s"] = 0.0
+    out["process_start_s"] = float(ov["process_start_s"])
+    return out
 
 
 def tokens_per_s(cfg: Any, table: dict[str, float] | None = None, default: float | None = None

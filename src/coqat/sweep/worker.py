@@ -8,7 +8,8 @@ when an earlier attempt was interrupted). The worker exits when no run of its co
 pending or running any more; with a deadline, as soon as nothing it could still claim fits
 before it (the rest stays pending). Each finished run is recorded in the store the moment it
 ends, with the number of workers that shared its device (``slots_per_device``), from which later
-estimates measure the device's efficiency.
+estimates measure the device's efficiency. The worker's estimates include the compilation of each
+graph (model shape, FP or QAT at a bit width) this process has not trained yet.
 
 While it holds a claim a heartbeat thread renews the lease. If the lease is lost (the worker
 stalled for longer than the lease and another worker took the work over), the heartbeat
@@ -143,8 +144,9 @@ def work(
 
     ``deadline`` (seconds since the epoch): claim only work whose estimate
     (:class:`coqat.sweep.estimate.Estimator` with ``efficiency``, ``slots_per_device`` and
-    ``tokens_per_s``) ends before it; check again before each trunk segment; stop when nothing
-    else fits (the rest stays pending for the next call).
+    ``tokens_per_s``; with the overheads of a piece, and the compilation of the graphs this
+    process has not trained yet) ends before it; check again before each trunk segment; stop
+    when nothing else fits (the rest stays pending for the next call).
     """
     from coqat.config import from_dict
     from coqat.sweep.estimate import DEFAULT_EFFICIENCY, Estimator, device_label
@@ -189,6 +191,7 @@ def work(
                     seconds=est.seconds,
                     budget_s=left_s(),
                     progress_of=progress_of,
+                    overhead=est.row_overhead_s,
                 )
                 if c is None:
                     cnt = st.counts(sweep=sweep, version=version)
@@ -210,7 +213,7 @@ def work(
                         _do_trunk(st, eng, c, cfg, root, progress, log, stats, est, left_s)
                     else:
                         _do_run(st, eng, c, cfg, root, progress, log, stats, keep_trunks,
-                                slots_per_device)
+                                slots_per_device, est)
             except KeyboardInterrupt:
                 if c is not None and hb is not None and hb.lost:
                     log(f"lost the lease of {c.kind} {c.key} (another worker took it over)")
@@ -236,7 +239,10 @@ def _may_unblock(st: Store, est: Any, left: float | None, version: str, sweep: s
         return False
     live = {t["key"] for t in st.trunks() if t["status"] == "running"}
     for r in st.rows(("pending",), sweep=sweep, version=version):
-        if r["trunk"] in live and est.seconds(r, own_tokens(r, branched=True)) <= left:
+        if r["trunk"] not in live:
+            continue
+        own = est.seconds(r, own_tokens(r, branched=True))
+        if own + est.overhead_s("run", est._config(r), branched=True) <= left:
             return True
     return False
 
@@ -259,6 +265,7 @@ def _do_trunk(st, eng, c, cfg, root, progress, log, stats, est=None, left_s=None
                 row = waiting[0] if waiting else None
                 if row is not None:
                     seg = est.seconds(row, (s - max(ready, default=0)) * tokens_per_step(row))
+                    seg += est.overhead_s("trunk", cfg)  # compiling, when it is the first here
                     if seg > left:
                         log(f"trunk {c.key}: the segment to step {s} (est. {seg:.0f} s) does "
                             f"not fit in the {left:.0f} s left; leaving it pending")
@@ -269,6 +276,8 @@ def _do_trunk(st, eng, c, cfg, root, progress, log, stats, est=None, left_s=None
             paths = eng.train_trunk(cfg, tdir, sorted(set(ready) | {s}), progress=progress)
             st.trunk_step_ready(c, s, paths[s])
             stats["trunk_steps"] += 1
+            if est is not None:
+                est.trained("trunk", cfg)
         st.finish_trunk(c)
     except KeyboardInterrupt:
         raise
@@ -279,8 +288,8 @@ def _do_trunk(st, eng, c, cfg, root, progress, log, stats, est=None, left_s=None
         stats["trunk_failed"] += 1
 
 
-def _do_run(st, eng, c, cfg, root, progress, log, stats, keep_trunks, slots_per_device=1
-            ) -> None:
+def _do_run(st, eng, c, cfg, root, progress, log, stats, keep_trunks, slots_per_device=1,
+            est=None) -> None:
     rdir = root / c.run_dir
     sf = c.start_from if c.start_from and Path(c.start_from).exists() else None
     if c.start_from and sf is None:
@@ -297,6 +306,9 @@ def _do_run(st, eng, c, cfg, root, progress, log, stats, keep_trunks, slots_per_
         st.fail(c.key, err)
         stats["failed"] += 1
         return
+    finally:  # its graphs are compiled in this process now (also after a failure)
+        if est is not None:
+            est.trained("run", cfg, branched=sf is not None)
     status = res.get("status")
     if status in ("done", "diverged"):
         # the workers that shared the device: turns its wall time into a device efficiency
