@@ -286,15 +286,23 @@ def design_section(
     records: list[dict[str, Any]], spec: ExperimentSpec, folder: Path
 ) -> tuple[dict[str, Any], dict[Path, str]]:
     """The design's summary section (rows, contrasts, decay pairs, the pre-registration scored,
-    the rule comparison and the default rule) and the files it writes (the default rule)."""
+    another experiment's scores beside it, the rule comparison and the default rule; each where
+    ``spec.design`` asks for it) and the files it writes (the default rule)."""
     gs, rows, draws = design_rows(records, spec)
     sec: dict[str, Any] = {"rows": rows}
     if not rows:
         return sec, {}
-    sec["contrasts"] = contrasts(rows, draws, spec)
+    if spec.design.reference_size:
+        sec["contrasts"] = contrasts(rows, draws, spec)
     sec["decay_pairs"] = decay_pairs(design_records(records, spec), spec)
     if spec.design.predictions:
         sec["preregistered"] = preregistered(rows, gs, folder, spec)
+    if spec.design.compare_with:
+        from coqat.sweep.experiment.crosscheck import crosscheck
+
+        sec["compared"] = crosscheck(spec, folder)
+    if not spec.design.compare_rules:
+        return sec, {}
     files: dict[Path, str] = {}
     rg = rule_grids(records, gs, spec)
     sec["rule_grids"] = [{"size": g.labels.get("size"), "N": g.N, "bits": g.bits, "D": g.D,

@@ -5,7 +5,9 @@
 * ``fstar_vs_S.png``: measured f* against S_total with the paper's closed form and the refits;
 * ``law_heldout.png``: the largest sizes predicted by QATLaw fitted on the smaller ones;
 * ``fusion_<basis>.png``: standard minus fused loss of the same-call pairs;
-* ``lr_sweep.png``: FP loss against the peak learning rate.
+* ``lr_sweep.png``: FP loss against the peak learning rate;
+* ``design.figure`` (when analysis.yaml names one): the designed grids' curves, each f* with its
+  90% interval and the fraction each pre-registered rule predicted.
 """
 
 from __future__ import annotations
@@ -175,8 +177,51 @@ def lr_sweep(sweep: dict[str, Any], path: Path) -> Path:
     return _save(fig, path, 90)
 
 
-def make_figures(s: dict[str, Any], outdir: Path) -> list[Path]:
-    """Every figure the summary has data for, into ``outdir``; returns their paths."""
+RULE_COLORS = ("C0", "C1", "C2", "C4", "C5", "C7", "C8", "C9")  # not red: the measured f*
+
+
+def preregistered(design: dict[str, Any], path: Path) -> Path:
+    plt = _plt()
+    rows = design["rows"]
+    pre = {(g["size"], g["bits"], g["D"], g["steps"], g["seed"]): g
+           for g in design.get("preregistered", {}).get("grids", [])}
+    ncol = min(len(rows), 3)
+    nrow = -(-len(rows) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow))
+    axes = np.atleast_1d(axes).ravel()
+    for i, ax in enumerate(axes):
+        if i >= len(rows):
+            ax.axis("off")
+            continue
+        r = rows[i]
+        ax.plot(r["f"], r["loss"], "o-", color="k", label="measured")
+        a, b = r["f_refined_ci90"]
+        ax.errorbar([r["f_refined"]], [r["loss_refined"]],
+                    xerr=[[r["f_refined"] - a], [b - r["f_refined"]]], fmt="*", color="r",
+                    ms=12, capsize=3, label="f* [90%]")
+        g = pre.get((r["size"], r["bits"], r["D_total"], r["steps"], r["seed"]))
+        for k, (rule, p) in enumerate((g or {}).get("rules", {}).items()):  # the first: solid
+            ax.axvline(p["f"], color=RULE_COLORS[k % len(RULE_COLORS)], lw=2.4 if k == 0 else 1.2,
+                       ls="-" if k == 0 else ("--" if k % 2 else ":"), alpha=0.6 if k == 0 else 1,
+                       label=rule)
+        lo = min(min(r["loss"]), r["loss_refined"])
+        hi = sorted(r["loss"])[-2] if len(r["loss"]) > 2 else max(r["loss"])
+        ax.set_ylim(lo - 0.05 * (hi - lo) - 0.002, hi + 0.3 * (hi - lo) + 0.002)
+        ax.set_xlim(0, 1)
+        ax.set_title(f"{r['size']} {r['bits']:g}-bit, D={r['D_total'] / 1e6:.0f}M, "
+                     f"S={r['S_total']:.0f} ({r['steps']} steps)", fontsize=9)
+        ax.set_xlabel("QAT fraction f", fontsize=8)
+        ax.set_ylabel("val loss", fontsize=8)
+        if i == 0:
+            ax.legend(fontsize=7)
+    fig.suptitle("final val loss vs f, the measured optimum and the pre-registered predictions")
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    return _save(fig, path, 80)
+
+
+def make_figures(s: dict[str, Any], outdir: Path, design_figure: str = "") -> list[Path]:
+    """Every figure the summary has data for, into ``outdir`` (the design's curves as
+    ``design_figure`` when that is named); returns their paths."""
     out = []
     for b, sec in s["basis"].items():
         out.append(loss_vs_f(sec, b, outdir / f"loss_vs_f_{b}.png"))
@@ -190,4 +235,6 @@ def make_figures(s: dict[str, Any], outdir: Path) -> list[Path]:
         out.append(fusion(pairs, outdir / f"fusion_{first}.png", first))
     if s.get("lr_sweep"):
         out.append(lr_sweep(s["lr_sweep"], outdir / "lr_sweep.png"))
+    if design_figure and s.get("design", {}).get("rows"):
+        out.append(preregistered(s["design"], outdir / design_figure))
     return out

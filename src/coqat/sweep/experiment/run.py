@@ -116,7 +116,7 @@ def report_experiment(folder: str | Path, with_laws: bool = True) -> dict[str, P
     s, files = analyze(folder, with_laws=with_laws)
     for p, text in files.items():
         atomic_write_text(p, text)
-    figs = make_figures(s, folder / spec.figures)
+    figs = make_figures(s, folder / spec.figures, design_figure=spec.design.figure)
     s["figures"] = [p.name for p in figs]
     out = {"summary": folder / spec.summary, **{p.name: p for p in files}}
     atomic_write_text(out["summary"], json.dumps(s, indent=1, sort_keys=False) + "\n")

@@ -37,9 +37,13 @@ class NoiseSpec:
 class DesignSpec:
     """The designed grids (``coqat.sweep.experiment.design``): the calls that ran them, the
     reference grid (``reference_size`` at ``fixed_tokens`` tokens and ``tokens_per_step``, the
-    whole train split of ``train_split_tokens`` tokens, decay ``basis``), the prediction files
-    written before the runs, what counts as a hit, and how the default rule is chosen and
-    written."""
+    whole train split of ``train_split_tokens`` tokens, decay ``basis``; without a
+    ``reference_size`` no one-factor contrasts), the prediction files written before the runs,
+    what counts as a hit, and how the default rule is chosen and written (``compare_rules``:
+    false for a check that fits nothing, e.g. on another corpus). ``figure``: a file name under
+    the experiment's figures for the design's curves with the pre-registered fractions;
+    ``compare_with``: label -> another experiment folder whose pre-registered rules, scored on
+    its own grids, the summary shows beside these (``coqat.sweep.experiment.crosscheck``)."""
 
     calls: tuple[str, ...] = ()
     min_fractions: int = 4
@@ -57,8 +61,13 @@ class DesignSpec:
     boot: int = 200  # bootstrap resamples of the grids for the default rule's interval
     handover_decades: float = 1.0  # the default hands over to the paper's rule over this
     default_rule: str = ""  # where the default rule's JSON is written
+    compare_rules: bool = True  # compare the fraction rules on held-out grids, choose a default
+    figure: str = ""
+    compare_with: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check(self.compare_rules or not self.default_rule, "design.default_rule",
+              "needs design.compare_rules: true (the rule comparison chooses the default)")
         check(self.min_fractions >= 3, "design.min_fractions", "must be >= 3")
         check(0 < self.hit < 1, "design.hit", "must be in (0, 1)")
         check(self.handover_decades > 0, "design.handover_decades", "must be > 0")
