@@ -60,9 +60,7 @@ def loss_vs_f(sec: dict[str, Any], basis: str, path: Path) -> Path:
         c = curves.get((r["size"], r["bits"], r["S_total"], r["seed"]))
         if c:
             ax.plot(np.linspace(0, 1, 51), c, "--", color="C2", label="QATLaw fit (trained)")
-        lo = min(min(r["loss"]), r["loss_refined"])
-        hi = sorted(r["loss"])[-2] if len(r["loss"]) > 2 else max(r["loss"])
-        ax.set_ylim(lo - 0.05 * (hi - lo) - 0.01, hi + 0.15 * (hi - lo) + 0.01)
+        ax.set_ylim(*_curve_ylim(r, top=0.15, pad=0.01))
         seed = f", seed {r['seed']}" if r["seed"] else ""
         ax.set_title(f"{r['size']} {r['bits']:g}-bit, S={r['S_total']:.0f}, "
                      f"D={r['D_total'] / 1e6:.0f}M ({r['steps']} st{seed})", fontsize=9)
@@ -74,6 +72,15 @@ def loss_vs_f(sec: dict[str, Any], basis: str, path: Path) -> Path:
                  "(f=0: PTQ, may be off-scale)")
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     return _save(fig, path, 80)
+
+
+def _curve_ylim(r: dict[str, Any], top: float, pad: float) -> tuple[float, float]:
+    """Y limits of a loss-vs-f panel: from just below the best loss (measured or refined) to
+    ``top`` of the range above the second-worst loss (the worst, often PTQ at f = 0, may be
+    off-scale), plus ``pad`` nats either side."""
+    lo = min(min(r["loss"]), r["loss_refined"])
+    hi = sorted(r["loss"])[-2] if len(r["loss"]) > 2 else max(r["loss"])
+    return lo - 0.05 * (hi - lo) - pad, hi + top * (hi - lo) + pad
 
 
 def fstar_vs_S(s: dict[str, Any], path: Path) -> Path:
@@ -204,9 +211,7 @@ def preregistered(design: dict[str, Any], path: Path) -> Path:
             ax.axvline(p["f"], color=RULE_COLORS[k % len(RULE_COLORS)], lw=2.4 if k == 0 else 1.2,
                        ls="-" if k == 0 else ("--" if k % 2 else ":"), alpha=0.6 if k == 0 else 1,
                        label=rule)
-        lo = min(min(r["loss"]), r["loss_refined"])
-        hi = sorted(r["loss"])[-2] if len(r["loss"]) > 2 else max(r["loss"])
-        ax.set_ylim(lo - 0.05 * (hi - lo) - 0.002, hi + 0.3 * (hi - lo) + 0.002)
+        ax.set_ylim(*_curve_ylim(r, top=0.3, pad=0.002))
         ax.set_xlim(0, 1)
         ax.set_title(f"{r['size']} {r['bits']:g}-bit, D={r['D_total'] / 1e6:.0f}M, "
                      f"S={r['S_total']:.0f} ({r['steps']} steps)", fontsize=9)
