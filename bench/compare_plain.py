@@ -39,6 +39,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -158,8 +159,6 @@ def job_worker(a: argparse.Namespace) -> None:
 
 def job_concurrent(a: argparse.Namespace) -> None:
     """P worker processes on this job's GPU; one RESULT line with the aggregate."""
-    import tempfile
-
     sync = Path(tempfile.mkdtemp(prefix="coqat-conc-"))
     cmd = [sys.executable, __file__, "--job", "worker", "--data", a.data, "--size", a.size,
            "--batch", str(a.batch), "--variant", a.variant, "--warmup", str(a.warmup),
@@ -416,7 +415,9 @@ def main() -> int:
         return 0
 
     t_all = time.time()
-    out_dir = Path(os.environ.get("OUT", "bench-out"))
+    # $OUT on the device; elsewhere beside --out (or under /tmp), never inside the checkout
+    out_dir = (Path(os.environ["OUT"]) if os.environ.get("OUT")
+               else Path(a.out).parent if a.out else Path(tempfile.gettempdir()) / "coqat-bench")
     out_dir.mkdir(parents=True, exist_ok=True)
     logs = out_dir / "logs"
     logs.mkdir(exist_ok=True)
