@@ -400,3 +400,37 @@ def test_one_worker_finishes_a_grid_before_the_next_trunk(tmp_path):
     st.finish_trunk(t1)
     nxt = st.claim(new_owner(), version="v")
     assert nxt.kind == "run" and nxt.trunk == t1.key  # not the other grid's trunk
+
+
+def test_cli_several_sweep_files_two_gpus(tmp_path, monkeypatch, capsys):
+    """`coqat sweep run A.yaml B.yaml --slots 2 --devices auto`: both files registered under
+    their own names, one pool of workers trains every run of both exactly once, the summary
+    counts both; a third sweep already in the store is left as it is."""
+    from coqat.cli import main
+
+    monkeypatch.setenv("COQAT_FAKE_DELAY", "0.01")
+    monkeypatch.setenv("COQAT_FAKE_LOG", str(tmp_path / "events.log"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    files = []
+    for name, bits in (("a", [2]), ("b", [4]), ("other", [3])):
+        spec = {"name": name, "base": BASE, "sizes": ["tiny"], "bits": bits,
+                "fractions": [0, 0.25, 1], "schedules": ["fused"]}
+        files.append(tmp_path / f"{name}.yaml")
+        files[-1].write_text(yaml.safe_dump(spec))
+    store, root = tmp_path / "s.db", tmp_path / "root"
+    with Store(store) as st:  # registered earlier, not named in the command: stays pending
+        from coqat.sweep.spec import load_runs
+
+        st.register(load_runs(files[2])[1], "other", root, version="v")
+    args = ["sweep", "run", str(files[0]), str(files[1]), "--store", str(store), "--root",
+            str(root), "--slots", "2", "--devices", "auto", "--engine", "fake", "--no-progress",
+            "--code-version", "v"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "sweep a, b: 6 new runs registered; 6 done" in out
+    with Store(store, readonly=True) as st:
+        assert st.sweeps() == ["a", "b", "other"]
+        assert st.counts(sweep="a")["done"] == 3 and st.counts(sweep="b")["done"] == 3
+        assert st.counts(sweep="other")["pending"] == 3
+    ends = Counter(e[1] for e in events(tmp_path) if e[0] == "end")
+    assert len(ends) == 6 and set(ends.values()) == {1}

@@ -70,7 +70,9 @@ def add_parser(subparsers: Any) -> None:
         "a SLURM job array. Safe to interrupt and re-run: finished runs are never trained again "
         "and interrupted ones resume from their checkpoints.",
     )
-    r.add_argument("file", help="sweep file (.yaml/.yml/.toml)")
+    r.add_argument("file", nargs="+", metavar="FILE",
+                   help="sweep file(s) (.yaml/.yml/.toml); several are registered under their own "
+                   "names and trained by the same workers in one claim order")
     r.add_argument("--store", required=True, help="results store (SQLite file; created if missing)")
     r.add_argument("--root", required=True, help="folder for run, trunk and log folders")
     r.add_argument("--slots", type=int, default=1,
@@ -349,7 +351,8 @@ def _run(args: argparse.Namespace) -> int:
 
             slurm[k.strip()] = yaml.safe_load(v)
     res = run_sweep(
-        args.file, args.store, args.root, slots=args.slots, worker_id=args.worker_id,
+        args.file if len(args.file) > 1 else args.file[0], args.store, args.root,
+        slots=args.slots, worker_id=args.worker_id,
         progress=not args.no_progress, engine=args.engine, executor=args.executor,
         version=args.code_version, share=not args.no_share, retry_failed=args.retry_failed,
         keep_trunks=args.keep_trunks, lease_s=args.lease, max_attempts=args.max_attempts,

@@ -36,7 +36,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from coqat.sweep.store import own_tokens, tokens_per_step
+from coqat.sweep.store import SweepSelection, own_tokens, tokens_per_step
 
 #: fraction of the benchmark throughput one device reaches in steady training when the store has
 #: no finished run on it: the 2026-11-30 design calls (one worker per H200, batch 128 x 512,
@@ -406,7 +406,7 @@ def format_schedule(sched: Schedule, *, per_piece: bool = True) -> str:
 
 # -------------------------------------------------------------------- what a call left
 def left_over(store: Any, est: Estimator, *, version: str | None = None,
-              sweep: str | None = None, budget_s: float | None = None) -> list[dict[str, Any]]:
+              sweep: SweepSelection = None, budget_s: float | None = None) -> list[dict[str, Any]]:
     """The pending runs of a store and why a time-limited call left them: ``[{key, label,
     est_s, reason}]``, ``est_s`` being the piece that did not fit (the run's own part, or the
     trunk segment it waits for, overheads of a new worker process included). ``budget_s``:

@@ -78,6 +78,11 @@ def run_sweep(
     """Register the sweep's runs and execute them (see module doc). Returns the store's counts
     for the sweep (and the SLURM job ids for ``executor="slurm"``).
 
+    ``spec_or_runs`` may also be a list of sweep files (or SweepSpecs): each is registered
+    under its own name and the workers train them together, in one claim order (``counts`` and
+    ``left`` cover them all; ``result["sweeps"]`` names them). Workers train only the runs of
+    these sweeps, not other runs pending in the same store.
+
     ``deadline`` (seconds since the epoch): workers claim only work whose estimate ends before
     it (see :mod:`coqat.sweep.estimate`; ``efficiency`` when the store has no measurement) and
     stop when nothing else fits; ``result["left"]`` lists the runs left pending and why.
@@ -98,18 +103,23 @@ def run_sweep(
     store_path, root_dir = Path(store_path).resolve(), Path(root_dir).resolve()
     if executor == "slurm":
         _require_submitit()
-    info = register(
-        spec_or_runs, store_path, root_dir, version=version, share=share, retry_failed=retry_failed
-    )
-    sweep, version = info["sweep"], info["version"]
+    specs = sweep_files(spec_or_runs)
+    infos = [register(x, store_path, root_dir, version=version, share=share,
+                      retry_failed=retry_failed and i == 0)
+             for i, x in enumerate(specs)]  # fmt: skip
+    sweeps = list(dict.fromkeys(i["sweep"] for i in infos))
+    sweep, version = ", ".join(sweeps), infos[0]["version"]
+    info = {"new": sum(i["new"] for i in infos), "known": sum(i["known"] for i in infos)}
     wkw = dict(
         version=version, lease_s=lease_s, poll_s=poll_s, max_attempts=max_attempts,
         share=share, keep_trunks=keep_trunks, deadline=deadline, efficiency=efficiency,
         slots_per_device=slots_per_device(executor, slots, gpus), tokens_per_s=tokens_per_s,
+        sweep=sweeps,  # the workers train these sweeps' runs, not others pending in the store
     )
-    result: dict[str, Any] = {"sweep": sweep, "registered": info["new"], "known": info["known"]}
+    result: dict[str, Any] = {"sweep": sweep, "sweeps": sweeps, "registered": info["new"],
+                              "known": info["known"]}
     monitor = (
-        Monitor(store_path, sweep=sweep, version=version, slots=slots, tokens_per_s=tokens_per_s)
+        Monitor(store_path, sweep=sweeps, version=version, slots=slots, tokens_per_s=tokens_per_s)
         if progress
         else None
     )
@@ -145,7 +155,7 @@ def run_sweep(
             if monitor:
                 monitor.stop()
     with Store(store_path, create=False) as st:
-        result["counts"] = st.counts(sweep=sweep, version=version)
+        result["counts"] = st.counts(sweep=sweeps, version=version)
         if deadline is not None and result["counts"]["pending"]:
             from coqat.sweep.estimate import (
                 DEFAULT_EFFICIENCY,
@@ -160,9 +170,20 @@ def run_sweep(
                             efficiency=efficiency or DEFAULT_EFFICIENCY, table=tokens_per_s,
                             device_of=lambda d: device_label(eng, d))
             est.measure(st)
-            result["left"] = left_over(st, est, version=version, sweep=sweep,
+            result["left"] = left_over(st, est, version=version, sweep=sweeps,
                                        budget_s=deadline - time.time())
     return result
+
+
+def sweep_files(spec_or_runs: Any) -> list[Any]:
+    """The sweeps of ``run_sweep``'s first argument: a list of sweep files (paths) or SweepSpecs
+    as it is, anything else (one file, one spec, a list of RunConfigs) as a list of one."""
+    from coqat.sweep.spec import SweepSpec
+
+    if (isinstance(spec_or_runs, list | tuple) and spec_or_runs
+            and all(isinstance(x, str | Path | SweepSpec) for x in spec_or_runs)):
+        return list(spec_or_runs)
+    return [spec_or_runs]
 
 
 def slots_per_device(executor: str, slots: int, gpus: list[str] | None) -> int:
@@ -185,6 +206,8 @@ def worker_command(store_path: Path, root_dir: Path, engine: str, tag: str | Non
            "--poll", str(wkw["poll_s"]), "--max-attempts", str(wkw["max_attempts"])]
     if tag:
         cmd += ["--owner", tag]
+    for name in wkw.get("sweep") or ():
+        cmd += ["--sweep", name]
     if wkw.get("deadline") is not None:
         cmd += ["--deadline", repr(float(wkw["deadline"]))]
     if wkw.get("efficiency") is not None:

@@ -8,13 +8,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from coqat.sweep.store import SweepSelection
 
 
 def snapshot(
     store_path: str | Path,
     *,
-    sweep: str | None = None,
+    sweep: SweepSelection = None,
     version: str | None = None,
     slots: int = 1,
     tokens_per_s: dict[str, float] | float | None = None,
@@ -125,7 +128,7 @@ class Monitor:
         self,
         store_path: str | Path,
         *,
-        sweep: str | None = None,
+        sweep: SweepSelection = None,
         version: str | None = None,
         slots: int = 1,
         tokens_per_s: Any = None,
@@ -137,7 +140,8 @@ class Monitor:
         self.store_path = store_path
         self.interval, self.log_every = interval, log_every
         self.stream = stream or sys.stderr
-        self.title = f"sweep {sweep}" if sweep else "sweep"
+        names = [sweep] if isinstance(sweep, str) else list(sweep or ())
+        self.title = f"sweep {', '.join(names)}" if names else "sweep"
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True, name="coqat-progress")
 

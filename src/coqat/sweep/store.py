@@ -144,6 +144,20 @@ CREATE TABLE IF NOT EXISTS trunk_steps (
 """
 
 
+
+#: which sweeps' runs: one sweep name, several, or None for every run of the store
+SweepSelection = str | Iterable[str] | None
+
+
+def sweep_filter(sweep: SweepSelection) -> tuple[str, tuple[str, ...]]:
+    """SQL condition on a run ``r`` (and its arguments) that keeps the runs registered by
+    ``sweep``: one sweep name, several, or None / empty for every run."""
+    names = (sweep,) if isinstance(sweep, str) else tuple(sweep or ())
+    if not names:
+        return "", ()
+    qs = ",".join("?" * len(names))
+    return f"r.key IN (SELECT key FROM sweep_runs WHERE sweep IN ({qs}))", names
+
 class StoreError(CoqatError):
     """The results store cannot be used (wrong schema version, not a store, ...)."""
 
@@ -590,7 +604,7 @@ class Store:
         version: str | None = None,
         lease_s: float = 120.0,
         max_attempts: int = 5,
-        sweep: str | None = None,
+        sweep: SweepSelection = None,
         trunks: bool = True,
         seconds: Callable[[Any, int], float] | None = None,
         budget_s: float | None = None,
@@ -627,8 +641,8 @@ class Store:
         with self.tx() as db:
             stale = self._stale_owners(db, now)
             qs = ",".join("?" * len(stale)) or "NULL"
-            sweep_sql = " AND r.key IN (SELECT key FROM sweep_runs WHERE sweep=?)" if sweep else ""
-            sweep_args = (sweep,) if sweep else ()
+            sweep_cond, sweep_args = sweep_filter(sweep)
+            sweep_sql = f" AND {sweep_cond}" if sweep_cond else ""
             cands: list[tuple] = []
             if trunks:
                 for t in db.execute(
@@ -929,7 +943,7 @@ class Store:
         return paths
 
     # ------------------------------------------------------------------------ queries
-    def counts(self, sweep: str | None = None, version: str | None = None) -> dict[str, int]:
+    def counts(self, sweep: SweepSelection = None, version: str | None = None) -> dict[str, int]:
         where, args = self._where(sweep, version)
         rows = self.db.execute(
             f"SELECT status, count(*) FROM runs r{where} GROUP BY status", args
@@ -938,11 +952,14 @@ class Store:
         out.update({r[0]: r[1] for r in rows})
         return out
 
-    def _where(self, sweep: str | None, version: str | None, statuses=None) -> tuple[str, tuple]:
+    def _where(
+        self, sweep: SweepSelection, version: str | None, statuses=None
+    ) -> tuple[str, tuple]:
         conds, args = [], []
-        if sweep:
-            conds.append("r.key IN (SELECT key FROM sweep_runs WHERE sweep=?)")
-            args.append(sweep)
+        cond, names = sweep_filter(sweep)
+        if cond:
+            conds.append(cond)
+            args.extend(names)
         if version:
             conds.append("r.code_version=?")
             args.append(version)
@@ -954,7 +971,7 @@ class Store:
     def rows(
         self,
         statuses: Iterable[str] | None = None,
-        sweep: str | None = None,
+        sweep: SweepSelection = None,
         version: str | None = None,
     ) -> list[dict[str, Any]]:
         where, args = self._where(sweep, version, tuple(statuses) if statuses else None)
@@ -970,7 +987,7 @@ class Store:
     def to_records(
         self,
         statuses: Iterable[str] | None = ("done",),
-        sweep: str | None = None,
+        sweep: SweepSelection = None,
         version: str | None = None,
     ) -> list[dict[str, Any]]:
         """Flat records for the law fitter: ``N, D_fp, D_qat, bits, loss, cluster`` first, then
@@ -1022,7 +1039,7 @@ class Store:
         path: str | Path,
         format: str | None = None,
         statuses: Iterable[str] | None = ("done",),
-        sweep: str | None = None,
+        sweep: SweepSelection = None,
         since: float | None = None,
         tags: dict[str, Any] | None = None,
     ) -> Path:
@@ -1034,7 +1051,7 @@ class Store:
     def records_since(
         self,
         statuses: Iterable[str] | None = ("done",),
-        sweep: str | None = None,
+        sweep: SweepSelection = None,
         since: float | None = None,
         tags: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:

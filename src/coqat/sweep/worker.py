@@ -32,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from coqat.sweep.store import Claim, Store, new_owner
+from coqat.sweep.store import Claim, Store, SweepSelection, new_owner
 
 ENGINES = {"real": "coqat.train.run", "fake": "coqat.sweep.fake"}
 
@@ -129,7 +129,7 @@ def work(
     lease_s: float = 120.0,
     poll_s: float = 2.0,
     max_attempts: int = 5,
-    sweep: str | None = None,
+    sweep: SweepSelection = None,
     share: bool = True,
     keep_trunks: bool = False,
     progress: bool = False,
@@ -146,7 +146,8 @@ def work(
     (:class:`coqat.sweep.estimate.Estimator` with ``efficiency``, ``slots_per_device`` and
     ``tokens_per_s``; with the overheads of a piece, and the compilation of the graphs this
     process has not trained yet) ends before it; check again before each trunk segment; stop
-    when nothing else fits (the rest stays pending for the next call).
+    when nothing else fits (the rest stays pending for the next call). ``sweep``: train only
+    the runs of this sweep (or of any of these sweeps); None: every pending run of the store.
     """
     from coqat.config import from_dict
     from coqat.sweep.estimate import DEFAULT_EFFICIENCY, Estimator, device_label
@@ -229,7 +230,7 @@ def work(
     return dict(stats)
 
 
-def _may_unblock(st: Store, est: Any, left: float | None, version: str, sweep: str | None
+def _may_unblock(st: Store, est: Any, left: float | None, version: str, sweep: SweepSelection
                  ) -> bool:
     """Under a deadline, with nothing to claim: is it worth waiting? Only while another worker
     trains a trunk that a pending run waits for, and that run's own part would still fit."""
@@ -341,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lease", type=float, default=120.0, help="lease seconds")
     p.add_argument("--poll", type=float, default=2.0, help="seconds between claims when waiting")
     p.add_argument("--max-attempts", type=int, default=5, help="attempts before a run fails")
-    p.add_argument("--sweep", default=None, help="only runs of this sweep")
+    p.add_argument("--sweep", action="append", default=None,
+                   help="only runs of this sweep (repeatable: of any of these sweeps)")
     p.add_argument("--no-share", action="store_true", help="train every run alone")
     p.add_argument("--keep-trunks", action="store_true", help="keep trunk checkpoints")
     p.add_argument("--deadline", type=float, default=None,
