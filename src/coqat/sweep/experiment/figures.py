@@ -45,15 +45,8 @@ def loss_vs_f(sec: dict[str, Any], basis: str, path: Path) -> Path:
     rows = sec["fstar"]
     curves = {(x["size"], x["bits"], x["S_total"], x["seed"]): x["curve"]
               for x in sec.get("qat_law", {}).get("trained", {}).get("f_opt", [])}
-    ncol = 4
-    nrow = -(-len(rows) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3.1 * nrow))
-    axes = np.atleast_2d(axes)
-    for i, ax in enumerate(axes.flat):
-        if i >= len(rows):
-            ax.axis("off")
-            continue
-        r = rows[i]
+    fig, panels = _curve_panels(plt, rows, ncol=4, size=(4, 3.1))
+    for i, (ax, r) in enumerate(panels):
         ax.plot(r["f"], r["loss"], "o-", color="C0", label="measured")
         ax.plot(r["f_refined"], r["loss_refined"], "r*", ms=13, label="f* (refined)")
         ax.axvline(r["f_paper"], color="k", ls=":", label="paper f_hat")
@@ -62,16 +55,32 @@ def loss_vs_f(sec: dict[str, Any], basis: str, path: Path) -> Path:
             ax.plot(np.linspace(0, 1, 51), c, "--", color="C2", label="QATLaw fit (trained)")
         ax.set_ylim(*_curve_ylim(r, top=0.15, pad=0.01))
         seed = f", seed {r['seed']}" if r["seed"] else ""
-        ax.set_title(f"{r['size']} {r['bits']:g}-bit, S={r['S_total']:.0f}, "
-                     f"D={r['D_total'] / 1e6:.0f}M ({r['steps']} st{seed})", fontsize=9)
-        ax.set_xlabel("QAT fraction f", fontsize=8)
-        ax.set_ylabel("val loss", fontsize=8)
-        if i == 0:
-            ax.legend(fontsize=7)
+        _label_panel(ax, i, f"{r['size']} {r['bits']:g}-bit, S={r['S_total']:.0f}, "
+                            f"D={r['D_total'] / 1e6:.0f}M ({r['steps']} st{seed})")
     fig.suptitle(f"final val loss of the quantized model vs f; basis {basis} "
                  "(f=0: PTQ, may be off-scale)")
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     return _save(fig, path, 80)
+
+
+def _curve_panels(plt: Any, rows: list, ncol: int, size: tuple[float, float]):
+    """A grid of ``ncol`` columns with one panel per row (the spare panels hidden): the figure
+    and the (axes, row) pairs."""
+    nrow = -(-len(rows) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(size[0] * ncol, size[1] * nrow))
+    axes = np.atleast_1d(axes).ravel()
+    for ax in axes[len(rows):]:
+        ax.axis("off")
+    return fig, list(zip(axes, rows, strict=False))
+
+
+def _label_panel(ax: Any, i: int, title: str) -> None:
+    """Title and axis labels of a loss-vs-f panel; the first panel carries the legend."""
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("QAT fraction f", fontsize=8)
+    ax.set_ylabel("val loss", fontsize=8)
+    if i == 0:
+        ax.legend(fontsize=7)
 
 
 def _curve_ylim(r: dict[str, Any], top: float, pad: float) -> tuple[float, float]:
@@ -192,15 +201,8 @@ def preregistered(design: dict[str, Any], path: Path) -> Path:
     rows = design["rows"]
     pre = {(g["size"], g["bits"], g["D"], g["steps"], g["seed"]): g
            for g in design.get("preregistered", {}).get("grids", [])}
-    ncol = min(len(rows), 3)
-    nrow = -(-len(rows) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow))
-    axes = np.atleast_1d(axes).ravel()
-    for i, ax in enumerate(axes):
-        if i >= len(rows):
-            ax.axis("off")
-            continue
-        r = rows[i]
+    fig, panels = _curve_panels(plt, rows, ncol=min(len(rows), 3), size=(4.2, 3.2))
+    for i, (ax, r) in enumerate(panels):
         ax.plot(r["f"], r["loss"], "o-", color="k", label="measured")
         a, b = r["f_refined_ci90"]
         ax.errorbar([r["f_refined"]], [r["loss_refined"]],
@@ -213,12 +215,8 @@ def preregistered(design: dict[str, Any], path: Path) -> Path:
                        label=rule)
         ax.set_ylim(*_curve_ylim(r, top=0.3, pad=0.002))
         ax.set_xlim(0, 1)
-        ax.set_title(f"{r['size']} {r['bits']:g}-bit, D={r['D_total'] / 1e6:.0f}M, "
-                     f"S={r['S_total']:.0f} ({r['steps']} steps)", fontsize=9)
-        ax.set_xlabel("QAT fraction f", fontsize=8)
-        ax.set_ylabel("val loss", fontsize=8)
-        if i == 0:
-            ax.legend(fontsize=7)
+        _label_panel(ax, i, f"{r['size']} {r['bits']:g}-bit, D={r['D_total'] / 1e6:.0f}M, "
+                            f"S={r['S_total']:.0f} ({r['steps']} steps)")
     fig.suptitle("final val loss vs f, the measured optimum and the pre-registered predictions")
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     return _save(fig, path, 80)
