@@ -119,12 +119,9 @@ class Estimator:
     # ---------------------------------------------------------------- overheads
     def overheads(self, cfg: Any) -> dict[str, float]:
         """:func:`coqat.sweep.throughput.overheads` of ``cfg`` (all 0 with ``overheads=False``)."""
-        from coqat.sweep.throughput import overheads
+        from coqat.sweep.throughput import OVERHEAD_KEYS, overheads
 
-        if not self.with_overheads:
-            return dict.fromkeys(("compile_fp_s", "compile_qat_s", "piece_s",
-                                  "process_start_s"), 0.0)
-        return overheads(cfg)
+        return overheads(cfg) if self.with_overheads else dict.fromkeys(OVERHEAD_KEYS, 0.0)
 
     @staticmethod
     def graphs(kind: str, cfg: Any, *, branched: bool = False) -> set[tuple]:

@@ -22,6 +22,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 TABLE_PATH = Path(__file__).with_name("throughput-h200.json")
 
 # Model FLOP/s of a small CPU run, evaluations and start-up included: the tiny example sweep
@@ -58,23 +60,23 @@ def bench_rows() -> list[dict[str, Any]]:
     return sorted(bench_table()["rows"], key=lambda r: r["params"])
 
 
+#: the overheads of :func:`overheads`, in seconds
+OVERHEAD_KEYS = ("compile_fp_s", "compile_qat_s", "piece_s", "process_start_s")
+
+
+def interp_log_params(rows: list[dict[str, Any]], params: float, key: str) -> float:
+    """``key`` of ``rows`` (sorted by ``params``) interpolated linearly in log N at ``params``,
+    clamped to the first and last row outside their range."""
+    xs = [math.log(r["params"]) for r in rows]
+    return float(np.interp(math.log(params), xs, [float(r[key]) for r in rows]))
+
+
 def gpu_tokens_per_s(model: Any) -> float:
     """Single-process tokens/s of ``model`` (a ModelConfig) on the benchmarked GPU: MFU
     interpolated in log N over the table, times the peak, over the model's FLOPs per token."""
     from coqat.model.config import flops_per_token, param_counts
 
-    rows = bench_rows()
-    x = math.log(param_counts(model).total)
-    xs = [math.log(r["params"]) for r in rows]
-    ys = [r["mfu"] for r in rows]
-    if x <= xs[0]:
-        mfu = ys[0]
-    elif x >= xs[-1]:
-        mfu = ys[-1]
-    else:
-        i = next(k for k in range(1, len(xs)) if xs[k] >= x)
-        t = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
-        mfu = ys[i - 1] + t * (ys[i] - ys[i - 1])
+    mfu = interp_log_params(bench_rows(), param_counts(model).total, "mfu")
     return mfu * bench_table()["peak_tflops"] * 1e12 / flops_per_token(model)
 
 
@@ -87,16 +89,12 @@ def overheads(cfg: Any) -> dict[str, float]:
     :data:`CPU_FLOPS` already includes them)."""
     from coqat.model.config import param_counts
 
-    keys = ("compile_fp_s", "compile_qat_s", "piece_s")
     if on_cpu(cfg.device):
-        return dict.fromkeys((*keys, "process_start_s"), 0.0)
+        return dict.fromkeys(OVERHEAD_KEYS, 0.0)
     ov = bench_table()["overheads"]
     rows = sorted(ov["rows"], key=lambda r: r["params"])
-    x = math.log(param_counts(cfg.model).total)
-    xs = [math.log(r["params"]) for r in rows]
-    i = next((k for k in range(1, len(xs)) if xs[k] >= x), len(xs) - 1)
-    t = min(1.0, max(0.0, (x - xs[i - 1]) / (xs[i] - xs[i - 1])))
-    out = {k: rows[i - 1][k] + t * (rows[i][k] - rows[i - 1][k]) for k in keys}
+    n = param_counts(cfg.model).total
+    out = {k: interp_log_params(rows, n, k) for k in OVERHEAD_KEYS if k != "process_start_s"}
     if cfg.compile == "off":
         out["compile_fp_s"] = out["compile_qat_s"] = 0.0
     out["process_start_s"] = float(ov["process_start_s"])
