@@ -161,12 +161,8 @@ class Estimator:
     def row_overhead_s(self, kind: str, row: Any) -> float:
         """:meth:`overhead_s` of a store row (the store's ``overhead`` callback): a trunk row,
         or a runs row (branched when its branch checkpoint is ready, ``row['ckpt']``)."""
-        from coqat.config import from_dict
-        from coqat.train.config import RunConfig
-
-        if kind == "trunk":
-            cfg = from_dict(RunConfig, json.loads(row["config"]))
-            return self.overhead_s("trunk", cfg)
+        if kind == "trunk":  # its config parsed once, like a run's (trunk keys differ from runs')
+            return self.overhead_s("trunk", self._config(row))
         keys = row.keys() if hasattr(row, "keys") else ()
         branched = bool(row["trunk"] and "ckpt" in keys and row["ckpt"])
         return self.overhead_s("run", self._config(row), branched=branched)
