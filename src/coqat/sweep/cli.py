@@ -1,9 +1,11 @@
-"""``coqat sweep plan|run|status``, ``coqat results export|import`` and ``coqat report``."""
+"""``coqat sweep plan|run|status``, ``coqat results export|import|salvage`` and ``coqat report``."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import sys
 from typing import Any
 
@@ -99,6 +101,13 @@ def add_parser(subparsers: Any) -> None:
                    "env COQAT_CODE_VERSION)")
     r.add_argument("--worker-id", default=None, help="tag in the owner id of this driver's workers")
     r.add_argument("--no-progress", action="store_true", help="no live table / progress lines")
+    r.add_argument("--backup", default=None, metavar="PATH",
+                   help="also keep a consistent copy of the store at PATH, written every "
+                   "--backup-every seconds and at the end (write-then-rename): keep --store on a "
+                   "local disk and PATH where the results must end up (a network or collected "
+                   "folder, where SQLite's locks may not hold)")
+    r.add_argument("--backup-every", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds between copies with --backup (default 60)")
     _tps_arg(r)
     t = r.add_argument_group(
         "time limit",
@@ -136,7 +145,7 @@ def add_parser(subparsers: Any) -> None:
                                 description="Export a results store for the law fitter, or "
                                 "import finished runs into one.")
     res.set_defaults(func=lambda a: res.print_help())
-    rsub = res.add_subparsers(dest="results_command", metavar="{export,import}")
+    rsub = res.add_subparsers(dest="results_command", metavar="{export,import,salvage}")
     e = rsub.add_parser(
         "export", help="write finished runs as CSV or Parquet",
         description="Write the runs (N, D_fp, D_qat, bits, loss, cluster, ... ) as CSV or "
@@ -168,6 +177,15 @@ def add_parser(subparsers: Any) -> None:
     im.add_argument("--sweep", default=None,
                     help="sweep name the runs are listed under (default: each file's stem)")
     im.set_defaults(func=_import)
+    sv = rsub.add_parser(
+        "salvage", help="copy every readable run of a damaged store into a new one",
+        description="Copy every row SQLite can still read from a damaged results store ("
+        "'database disk image is malformed') into a new store, table by table, and say how "
+        "many rows of each table could not be read. The damaged file is only read.",
+    )
+    sv.add_argument("store", metavar="STORE", help="the damaged results store")
+    sv.add_argument("--out", required=True, help="the new store (must not exist)")
+    sv.set_defaults(func=_salvage)
 
     rep = subparsers.add_parser(
         "report", help="figures and a self-contained HTML report of a sweep",
@@ -330,9 +348,11 @@ def _run(args: argparse.Namespace) -> int:
     import time
 
     from coqat.errors import ConfigError
-    from coqat.sweep.executor import run_sweep
 
     deadline = _deadline(args, time.time())
+    if args.backup is not None and not (args.backup_every > 0
+                                        and math.isfinite(args.backup_every)):
+        raise ConfigError("--backup-every", f"must be seconds > 0, got {args.backup_every}")
     slurm = None
     if args.executor == "slurm":
         slurm = {"timeout_min": args.time, "gpus_per_node": args.gpus,
@@ -350,7 +370,22 @@ def _run(args: argparse.Namespace) -> int:
             import yaml
 
             slurm[k.strip()] = yaml.safe_load(v)
-    res = run_sweep(
+    keep = contextlib.nullcontext()
+    if args.backup is not None:
+        from coqat.sweep.safekeep import PeriodicBackup
+
+        keep = PeriodicBackup(args.store, args.backup, every=args.backup_every)
+    with keep:
+        res = _run_sweep(args, deadline, slurm)
+    if args.backup is not None:
+        print(f"store copied to {args.backup} ({keep.copies} copies)")
+    return _report_run(res)
+
+
+def _run_sweep(args: argparse.Namespace, deadline: float | None, slurm: dict | None) -> dict:
+    from coqat.sweep.executor import run_sweep
+
+    return run_sweep(
         args.file if len(args.file) > 1 else args.file[0], args.store, args.root,
         slots=args.slots, worker_id=args.worker_id,
         progress=not args.no_progress, engine=args.engine, executor=args.executor,
@@ -359,6 +394,9 @@ def _run(args: argparse.Namespace) -> int:
         tokens_per_s=_parse_tps(args.tokens_per_s), slurm=slurm, wait=not args.no_wait,
         devices=args.devices, deadline=deadline, efficiency=args.efficiency,
     )
+
+
+def _report_run(res: dict) -> int:
     c = res["counts"]
     print(f"sweep {res['sweep']}: {res['registered']} new runs registered; "
           f"{c['done']} done, {c['diverged']} diverged, {c['failed']} failed, "
@@ -438,6 +476,19 @@ def _import(args: argparse.Namespace) -> int:
 
     for r in import_files(args.files, args.store, sweep=args.sweep):
         print(f"{r['file']}: {r['new']} new, {r['known']} known (sweep {r['sweep']})")
+    return 0
+
+
+def _salvage(args: argparse.Namespace) -> int:
+    from coqat.sweep.safekeep import salvage_store
+    from coqat.sweep.store import Store
+
+    counts = salvage_store(args.store, args.out)
+    for name, c in counts.items():
+        print(f"{name}: {c['copied']} rows copied, {c['unreadable']} unreadable")
+    with Store(args.out, readonly=True) as st:
+        check = st.integrity_check()
+    print(f"wrote {args.out} (integrity: {check})")
     return 0
 
 

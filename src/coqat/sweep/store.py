@@ -279,8 +279,10 @@ class _Connection:
         hint = ""
         if any(w in msg for w in ("malformed", "not a database", "Could not decode")):
             hint = (
-                f"; the file is damaged: keep a copy and try `sqlite3 {self.path} .recover | "
-                f"sqlite3 repaired.db` (run folders keep every finished run's result.json)"
+                f"; the file is damaged: keep a copy and run `coqat results salvage "
+                f"{self.path} --out repaired.sqlite` (run folders keep every finished run's "
+                "result.json); keep a store that several workers write on a local disk "
+                "(`coqat sweep run --backup` copies it elsewhere)"
             )
         return StoreError(f"{self.path}: {msg}{hint}")
 
