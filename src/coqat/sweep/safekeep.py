@@ -1,10 +1,9 @@
-"""Keeping a results store safe where its folder is not: copies and salvage.
+"""Keeping a results store's results safe: whole copies of a live store, and salvage.
 
 SQLite's WAL mode, which lets many workers share one store, needs file locks and shared memory
-that work across processes; on network or virtual filesystems (NFS, some container mounts, a
-folder a job's files are collected from) they may not, and the store can be damaged. Keep the
-live store on a local disk and let ``coqat sweep run --backup PATH`` write a copy where the
-results must end up:
+that work across processes; on network filesystems (NFS) they may not. Keep the live store on a
+local disk and let ``coqat sweep run --backup PATH`` keep a whole copy where the results must
+end up (a shared folder, a folder a job's files are collected from):
 
 * :func:`backup_store`: a consistent copy of a live store (SQLite's online backup, which reads
   through the writers' locks), written beside the destination and renamed over it, so the
@@ -23,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from coqat.sweep.store import StoreError
+from coqat.sweep.store import Store, StoreError
 
 
 def backup_store(src: str | Path, dest: str | Path) -> Path:
@@ -35,10 +34,10 @@ def backup_store(src: str | Path, dest: str | Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".tmp")
     tmp.unlink(missing_ok=True)
-    a = sqlite3.connect(f"file:{src.resolve()}?mode=ro", uri=True, timeout=60.0)
+    a = Store(src, readonly=True)  # registered: no header read of this file drops its locks
     b = sqlite3.connect(str(tmp))
     try:
-        a.backup(b)
+        a.db.raw.backup(b)
         b.execute("PRAGMA journal_mode = DELETE")
     except sqlite3.DatabaseError as e:
         raise StoreError(f"{src}: cannot copy the results store ({e})") from None

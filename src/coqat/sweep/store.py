@@ -41,6 +41,7 @@ import math
 import os
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -281,8 +282,7 @@ class _Connection:
             hint = (
                 f"; the file is damaged: keep a copy and run `coqat results salvage "
                 f"{self.path} --out repaired.sqlite` (run folders keep every finished run's "
-                "result.json); keep a store that several workers write on a local disk "
-                "(`coqat sweep run --backup` copies it elsewhere)"
+                "result.json); `coqat sweep run --backup PATH` keeps a whole copy of a live store"
             )
         return StoreError(f"{self.path}: {msg}{hint}")
 
@@ -296,7 +296,26 @@ class _Connection:
         self.raw.close()
 
 
-def _sqlite_header(path: Path) -> bytes:
+# Live SQLite connections of this process, by store file. POSIX file locks belong to the
+# process, and closing *any* descriptor of a file drops all of them: reading a store's header
+# with open()/close() while this process has a connection to it silently released that
+# connection's lock, so another process closing its own connection took itself for the last
+# one and reset the WAL under the live writers (the store damaged in call 2026-11-30-c9 of
+# experiments/reference; tests/test_store_locks.py). The header is read only while no
+# connection is live.
+_LIVE: dict[str, int] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+def _live_key(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def _sqlite_header(path: Path) -> bytes | None:
+    """The file's first 100 bytes, or None while this process holds a connection to it (then
+    reading it would drop that connection's locks; the caller holds ``_LIVE_LOCK``)."""
+    if _LIVE.get(_live_key(path)):
+        return None
     with open(path, "rb") as fh:
         return fh.read(100)
 
@@ -323,26 +342,32 @@ class Store:
         exists = self.path.exists()
         if not exists and (readonly or not create):
             raise StoreError(f"{self.path}: no such results store")
-        if exists:
-            if self.path.is_dir():
-                raise StoreError(f"{self.path}: a folder, not a results store (an SQLite file)")
-            if self.path.stat().st_size == 0:
-                raise StoreError(
-                    f"{self.path}: an empty file (0 bytes), not a results store; delete it to "
-                    "start a new store there"
-                )
-            head = _sqlite_header(self.path)
-            if not head.startswith(b"SQLite format 3\x00"):
-                raise StoreError(f"{self.path}: not a coqat results store (not an SQLite file)")
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            if readonly:
-                raw = self._connect_readonly(timeout, head)
+        with _LIVE_LOCK:
+            head = None
+            if exists:
+                if self.path.is_dir():
+                    raise StoreError(
+                        f"{self.path}: a folder, not a results store (an SQLite file)")
+                if self.path.stat().st_size == 0:
+                    raise StoreError(
+                        f"{self.path}: an empty file (0 bytes), not a results store; delete it "
+                        "to start a new store there"
+                    )
+                head = _sqlite_header(self.path)
+                if head is not None and not head.startswith(b"SQLite format 3\x00"):
+                    raise StoreError(
+                        f"{self.path}: not a coqat results store (not an SQLite file)")
             else:
-                raw = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"{self.path}: cannot open the results store ({e})") from None
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                if readonly:
+                    raw = self._connect_readonly(timeout, head)
+                else:
+                    raw = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+            except sqlite3.DatabaseError as e:
+                raise StoreError(f"{self.path}: cannot open the results store ({e})") from None
+            self._key = _live_key(self.path)
+            _LIVE[self._key] = _LIVE.get(self._key, 0) + 1
         raw.row_factory = sqlite3.Row
         self.db = _Connection(raw, self.path)
         self.db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
@@ -354,16 +379,17 @@ class Store:
         try:
             self._init_schema()
         except BaseException:
-            self.db.close()
+            self.close()
             raise
 
-    def _connect_readonly(self, timeout: float, head: bytes) -> sqlite3.Connection:
+    def _connect_readonly(self, timeout: float, head: bytes | None) -> sqlite3.Connection:
         """Read-only connection. A WAL store with no ``-wal`` file has nothing outside the
         main file: it is opened immutable, so SQLite creates no ``-wal``/``-shm`` files beside
-        it (a committed store stays as it is); otherwise the live WAL is read as usual."""
+        it (a committed store stays as it is); otherwise the live WAL is read as usual (also
+        when ``head`` is None: this process has the store open already)."""
         from urllib.parse import quote
 
-        wal = len(head) > 19 and head[18] == 2 and head[19] == 2
+        wal = head is not None and len(head) > 19 and head[18] == 2 and head[19] == 2
         immutable = wal and not Path(f"{self.path}-wal").exists()
         uri = f"file:{quote(str(self.path.resolve()))}?mode=ro" + ("&immutable=1" if immutable
                                                                   else "")
@@ -460,7 +486,16 @@ class Store:
         return Path(r) if r else None
 
     def close(self) -> None:
-        self.db.close()
+        with _LIVE_LOCK:
+            if getattr(self, "_key", None) is None:
+                return
+            self.db.close()
+            n = _LIVE.get(self._key, 0) - 1
+            if n > 0:
+                _LIVE[self._key] = n
+            else:
+                _LIVE.pop(self._key, None)
+            self._key = None
 
     def __enter__(self) -> Store:
         return self
