@@ -79,16 +79,28 @@ def test_reference_design_section_and_the_shipped_default():
             r = json.loads(line)
             cfg = json.loads(r["config"]) if isinstance(r["config"], str) else r["config"]
             if cfg["qat"]["cooldown_of"] == spec.design.basis:
-                k = (r["size"], cfg["optim"]["batch_size"], cfg["data"]["train_tokens"],
-                     r["D_total"])
+                k = (r["size"], float(r["bits"]), int(r["seed"]), cfg["optim"]["batch_size"],
+                     cfg["data"]["train_tokens"], r["D_total"])
                 raw.setdefault(k, set()).add(round(r["f"], 3))
     full = {k for k, v in raw.items() if len(v) >= spec.design.min_fractions}
-    got = {(r["size"], r["tokens_per_step"] // 512, r["train_tokens"], int(r["D_total"]))
-           for r in sec["rows"]}
+    got = {(r["size"], float(r["bits"]), int(r["seed"]), r["tokens_per_step"] // 512,
+            r["train_tokens"], int(r["D_total"])) for r in sec["rows"]}
     assert got == full
     for r in sec["rows"]:
         assert min(r["f"]) <= r["f_refined"] <= max(r["f"])
         assert r["f_refined_ci90"][0] <= r["f_refined_ci90"][1]
+    # the seed pairs: every seed-1 grid against its seed-0 twin, and what they measure
+    pairs = sec["contrasts"]["seeds"]
+    assert {x["size"] for x in pairs} == {r["size"] for r in sec["rows"] if r["seed"] == 1}
+    for x in pairs:
+        a, b = (sec["rows"][j] for j in x["rows"])
+        assert (a["seed"], b["seed"]) == (0, 1) and a["size"] == b["size"] == x["size"]
+        assert abs(x["delta"] - (b["f_refined"] - a["f_refined"])) < 1e-12
+        assert abs(x["offset"] - sum(x["loss_diff"]) / len(x["loss_diff"])) < 1e-12
+    sn = sec["seed_noise"]
+    assert 0 < sn["loss_sd"] < sn["loss_sd_upper95"] and 0 < sn["fstar_sd"] < sn["fstar_sd_upper95"]
+    sizes = {c["bits"]: c for c in sec["contrasts"]["size_by_bits"] if c["seed"] == 0}
+    assert sec["contrasts"]["size"] is sizes[1.0] and 2.0 in sizes
     pre = sec["preregistered"]
     assert {g["size"] for g in pre["grids"]} == {r["size"] for r in sec["rows"]}
     for rule in pre["rules"].values():
@@ -99,3 +111,33 @@ def test_reference_design_section_and_the_shipped_default():
     assert shipped.inner.name == {"tokens_per_bit": "closed-form-tpb", "sized":
                                   "closed-form-sized", "refit_a": "closed-form",
                                   "paper": "closed-form"}[sec["default_rule"]["choice"]["form"]]
+
+
+def test_seed_pairs_split_a_curve_offset_from_the_noise_that_moves_the_optimum():
+    """A second seed that moves the whole curve by 0.03 leaves f* where it was: the pair
+    reports the offset, zero fraction-specific spread and a zero f* difference."""
+    import numpy as np
+
+    from coqat.law.analysis import StepNoise
+    from coqat.sweep.experiment.design import seed_noise, seed_pairs
+
+    f = [0.05, 0.15, 0.3, 0.45]
+    base = {"size": "7m", "bits": 1.0, "D_total": 5e7, "tokens_per_step": 65536,
+            "train_tokens": 0, "basis": "fixed", "steps": 763, "f": f}
+    curve = [1.9, 1.75, 1.74, 1.745]
+    rows = [dict(base, seed=0, loss=curve, f_refined=0.30, at_endpoint=False),
+            dict(base, seed=1, loss=[x + 0.03 for x in curve], f_refined=0.30,
+                 at_endpoint=False),
+            dict(base, size="4m", seed=1, loss=curve, f_refined=0.3, at_endpoint=False)]
+    draws = np.full((10, 3), 0.3)
+    pairs = seed_pairs(rows, draws, StepNoise(((763, 0.01),)))
+    assert len(pairs) == 1  # the 4m seed-1 grid has no seed-0 twin
+    (p,) = pairs
+    assert p["rows"] == [0, 1] and abs(p["offset"] - 0.03) < 1e-12
+    assert p["sd_about_offset"] < 1e-12 and p["delta"] == 0.0
+    assert abs(p["noise_model_sd"] - 0.01) < 1e-12
+    rows[1]["loss"] = [x + 0.03 + e for x, e in zip(curve, [0.002, -0.002, 0.002, -0.002])]
+    sn = seed_noise(seed_pairs(rows, draws, StepNoise(((763, 0.01),))))
+    # deviations +-0.002 about the offset: per run 0.002 * sqrt(4/3) / sqrt(2)
+    assert abs(sn["loss_sd"] - 0.002 * np.sqrt(4 / 3) / np.sqrt(2)) < 1e-12
+    assert sn["loss_df"] == 3 and sn["fstar_pairs"] == 1 and sn["fstar_sd"] == 0.0

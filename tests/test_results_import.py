@@ -44,11 +44,17 @@ def ref(tmp_path_factory):
 def test_the_store_holds_every_raw_record_once(ref):
     raw, stored = ref["raw"], ref["stored"]
     assert len(stored) == len(raw) == len({r["key"] for r in stored})
-    def key(r):  # a store export keeps its key; a runner record: <config_hash>-<call>
-        return r.get("key") or f"{r['config_hash']}-{r['slice']}"
+    by_key = {r["key"]: r for r in stored}
+
+    def key(r):
+        """A store export keeps its key, or ``<key>-<call>`` when an earlier file holds that key
+        from another call (a repeat); a runner record: <config_hash>-<call>."""
+        if not r.get("key"):
+            return f"{r['config_hash']}-{r['slice']}"
+        k = r["key"]
+        return k if by_key.get(k, {}).get("call") == r["call"] else f"{k}-{r['call']}"
 
     assert {r["key"] for r in stored} == {key(r) for r in raw}
-    by_key = {r["key"]: r for r in stored}
     for r in raw:  # numbers and provenance as the device wrote them
         s = by_key[key(r)]
         assert s["loss"] == r["loss"] and s["f"] == r["f"] and s["D_total"] == r["D_total"]
@@ -114,6 +120,30 @@ def test_bad_records_are_refused_with_the_field(tmp_path):
         read_records(tmp_path / "s.sqlite")
     with Store(tmp_path / "s.sqlite", create=False) as st:  # nothing half-imported
         assert st.to_records(None) == []
+
+
+def test_a_run_key_trained_again_in_another_call_is_kept_beside_the_first(
+        fake_sweep_store, tmp_path):
+    """Two calls that trained the same run keys (a repeat): both calls' records stay, the
+    second under ``<key>-<call>``; importing either file again adds nothing."""
+    from coqat.cli import main
+
+    files = []
+    for call in ("first", "again"):
+        out = tmp_path / f"{call}.jsonl"
+        assert main(["results", "export", "--store", str(fake_sweep_store), "--out", str(out),
+                     "--tag", f"call={call}"]) == 0
+        files.append(out)
+    n = len(read_records(files[0]))
+    got = import_files(files, tmp_path / "s.sqlite")
+    assert [(x["new"], x["known"]) for x in got] == [(n, 0), (n, 0)]
+    assert [(x["new"], x["known"]) for x in import_files(files, tmp_path / "s.sqlite")] == [
+        (0, n), (0, n)]
+    with Store(tmp_path / "s.sqlite", create=False) as st:
+        back = st.to_records(("done",))
+    keys = {r["key"] for r in read_records(files[0])}
+    assert {r["key"] for r in back if r["call"] == "first"} == keys
+    assert {r["key"] for r in back if r["call"] == "again"} == {f"{k}-again" for k in keys}
 
 
 def test_export_jsonl_since_and_tag_round_trip(fake_sweep_store, tmp_path):

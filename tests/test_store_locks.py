@@ -47,9 +47,12 @@ def test_header_checks_still_run_when_no_connection_is_live(tmp_path):
     p.write_bytes(b"not sqlite at all" * 10)
     with pytest.raises(StoreError, match="not an SQLite file"):
         Store(p)
-    q = tmp_path / "s.db"
-    Store(q).close()
-    Store(q, create=False).close()  # closing twice over is harmless, nothing stays registered
     from coqat.sweep import store
 
-    assert not store._LIVE
+    q = tmp_path / "s.db"
+    a = Store(q)
+    b = Store(q, create=False)
+    assert store._LIVE[store._live_key(q)] == 2
+    for st in (a, b, b):  # closing twice is harmless
+        st.close()
+    assert store._live_key(q) not in store._LIVE  # nothing stays registered

@@ -9,8 +9,10 @@ Keys: a record's ``key`` where it has one (a store export); otherwise
 ``<config_hash>-<call>`` from the record's own ``config_hash`` (the hash of its config, as the
 trainer wrote it): a configuration run in several calls gives one row per call, all kept, told
 apart by call and FP trunk (``trunk``). A known key is left as it is, so importing a file twice
-changes nothing. ``code_version``: the record's, else ``version+g<commit>``. Each file is
-imported in one transaction: a failure leaves the store as it was.
+changes nothing; a store export's key that the store holds from *another* call (the same run
+key trained again: a repeat) is kept as ``<key>-<call>``, beside the first. ``code_version``:
+the record's, else ``version+g<commit>``. Each file is imported in one transaction: a failure
+leaves the store as it was.
 """
 
 from __future__ import annotations
@@ -161,8 +163,13 @@ def import_records(
     new = known = 0
     with store.tx() as db:
         for r in rows:
+            had = db.execute("SELECT result FROM runs WHERE key=?", (r["key"],)).fetchone()
+            call = json.loads(r["result"]).get("call") or ""
+            if had is not None and call and (json.loads(had[0] or "{}").get("call") or "") != call:
+                r = dict(r, key=f"{r['key']}-{call}")  # a repeat in another call: keep both
+                had = db.execute("SELECT 1 FROM runs WHERE key=?", (r["key"],)).fetchone()
             db.execute("INSERT OR IGNORE INTO sweep_runs VALUES (?, ?)", (sweep, r["key"]))
-            if db.execute("SELECT 1 FROM runs WHERE key=?", (r["key"],)).fetchone():
+            if had is not None:
                 known += 1
                 continue
             names = ", ".join(f'"{k}"' for k in r)

@@ -74,6 +74,7 @@ def crosscheck(spec: ExperimentSpec, folder: Path) -> dict[str, dict[str, Any]]:
                 for rule, v in mine.items()
             },
             "default_rule": chosen.get("evidence"),
+            "default_rule_params": chosen.get("params"),
             # the other experiment's run-to-run noise model, and whether this one uses it
             "noise": {"steps_sd": [list(x) for x in other.noise.steps_sd],
                       "sd_f1": other.noise.sd_f1},

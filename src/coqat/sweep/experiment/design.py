@@ -61,8 +61,7 @@ def design_rows(records: list[dict[str, Any]], spec: ExperimentSpec) -> tuple[li
     rules = {"paper": FractionClosedForm(), "baseline": spec.baseline}
     rows = [_row(g, spec, rules) for g in gs]
     ns = spec.noise
-    draws = fstar_bootstrap(rows, StepNoise(tuple(tuple(p) for p in ns.steps_sd), ns.sd_f1),
-                            n=ns.draws, seed=ns.seed)
+    draws = fstar_bootstrap(rows, spec.noise.model(), n=ns.draws, seed=ns.seed)
     for j, r in enumerate(rows):
         r["f_refined_ci90"] = interval(draws[:, j])
     return gs, rows, draws
@@ -87,31 +86,120 @@ def _diff(rows: list[dict[str, Any]], draws: np.ndarray, i: int, j: int) -> dict
             "at_endpoint": bool(rows[i]["at_endpoint"] or rows[j]["at_endpoint"])}
 
 
+def _size_contrast(rows: list[dict[str, Any]], draws: np.ndarray, idx: list[int]) -> dict:
+    """f* against ln N over the grids ``idx`` (one bit width, fixed tokens): the slope with its
+    interval over the noise draws, and the slope of the paper's rule on the same grids."""
+    from coqat.law import FractionClosedForm
+
+    idx = sorted(idx, key=lambda j: rows[j]["N"])
+    lnN = np.log([rows[j]["N"] for j in idx])
+    slopes = np.array([np.polyfit(lnN, draws[k, idx], 1)[0] for k in range(draws.shape[0])])
+    paper = np.array([FractionClosedForm().optimal_fraction(rows[j]["N"], rows[j]["D_total"],
+                                                            rows[j]["bits"]) for j in idx])
+    return {
+        "bits": float(rows[idx[0]]["bits"]),
+        "rows": list(idx),
+        "sizes": [rows[j]["size"] for j in idx],
+        "fstar": [rows[j]["f_refined"] for j in idx],
+        "slope_per_ln_N": float(np.polyfit(lnN, [rows[j]["f_refined"] for j in idx], 1)[0]),
+        "slope_ci90": interval(slopes),
+        "paper_slope_per_ln_N": float(np.polyfit(lnN, paper, 1)[0]),
+        "paper_f": [float(x) for x in paper],
+        "N_ratio": float(np.exp(lnN[-1] - lnN[0])),
+        "at_endpoint": [bool(rows[j]["at_endpoint"]) for j in idx],
+    }
+
+
+def seed_pairs(rows: list[dict[str, Any]], draws: np.ndarray, noise: StepNoise) -> list[dict]:
+    """Grids that differ only in the seed, each against its seed-0 twin: the f* difference with
+    its interval over the noise draws; the mean loss difference over the shared fractions (an
+    offset that moves the whole curve and not its optimum); and the fraction-specific part, the
+    sd of the differences about that mean over sqrt(2) (a per-run sd, ddof 1), beside the noise
+    model's sd at the grid's steps."""
+    same = ("size", "bits", "D_total", "tokens_per_step", "train_tokens", "basis")
+    base = {tuple(r[k] for k in same): j for j, r in enumerate(rows) if int(r["seed"]) == 0}
+    out = []
+    for j, r in enumerate(rows):
+        i = base.get(tuple(r[k] for k in same))
+        if int(r["seed"]) == 0 or i is None:
+            continue
+        a = dict(zip(np.round(rows[i]["f"], 3), rows[i]["loss"]))
+        b = dict(zip(np.round(r["f"], 3), r["loss"]))
+        fs = sorted(set(a) & set(b))
+        d = np.array([b[f] - a[f] for f in fs])
+        out.append({
+            "size": r["size"], "bits": float(r["bits"]), "seeds": [0, int(r["seed"])],
+            "rows": [i, j], "fstar": [rows[i]["f_refined"], r["f_refined"]],
+            **_diff(rows, draws, i, j), "fractions": [float(f) for f in fs],
+            "loss_diff": d.tolist(), "offset": float(d.mean()),
+            "sd_about_offset": float(d.std(ddof=1) / np.sqrt(2)) if d.size > 1 else None,
+            "steps": int(r["steps"]), "noise_model_sd": noise.sd(r["steps"], 0.5),
+        })
+    return out
+
+
+def seed_noise(pairs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What the seed pairs (:func:`seed_pairs`) measure directly, each with its degrees of
+    freedom and one-sided 95% upper bound (chi-square); None without pairs:
+
+    * ``loss_sd``: the fraction-specific run-to-run sd of the loss (the differences about each
+      pair's offset, pooled, per run: / sqrt(2)), beside the noise model's sd at those steps;
+    * ``fstar_sd``: the sd of one grid's f* over seeds, from the pairs whose optima are both
+      inside the measured fractions (per grid: the differences / sqrt(2))."""
+    from scipy.stats import chi2
+
+    ss, df = 0.0, 0
+    for p in pairs:
+        d = np.asarray(p["loss_diff"], float)
+        if d.size > 1:
+            ss += float(np.sum((d - d.mean()) ** 2)) / 2.0
+            df += d.size - 1
+    if df == 0:
+        return None
+    inner = [p["delta"] for p in pairs if not p["at_endpoint"]]
+    out = {"pairs": len(pairs), "steps": sorted({int(p["steps"]) for p in pairs}),
+           "loss_sd": float(np.sqrt(ss / df)), "loss_df": df,
+           "loss_sd_upper95": float(np.sqrt(ss / chi2.ppf(0.05, df))),
+           "noise_model_sd": sorted({float(p["noise_model_sd"]) for p in pairs}),
+           "fstar_pairs": len(inner)}
+    if inner:
+        sf = float(np.sum(np.square(inner))) / 2.0
+        out.update(fstar_sd=float(np.sqrt(sf / len(inner))),
+                   fstar_sd_upper95=float(np.sqrt(sf / chi2.ppf(0.05, len(inner)))),
+                   fstar_max_abs_diff=float(np.max(np.abs(inner))))
+    return out
+
+
 def contrasts(rows: list[dict[str, Any]], draws: np.ndarray, spec: ExperimentSpec) -> dict:
     """The one-factor contrasts of the design (module doc), each with the f* of its grids and
-    the difference's 90% interval over the noise draws."""
+    the difference's 90% interval over the noise draws: size at fixed tokens per bit width and
+    seed (``size``: 1 bit, seed 0; ``size_by_bits``), bit width at fixed size and tokens, the
+    batch (steps), the train-split subset (epochs) and the seed."""
     ref_size = spec.design.reference_size
     out: dict[str, Any] = {}
-    # size at fixed tokens: f* against ln N, the slope with its interval
-    idx = [j for j, r in enumerate(rows) if _is_reference(r, spec)]
-    idx.sort(key=lambda j: rows[j]["N"])
+    # size at fixed tokens, per bit width and seed: f* against ln N, the slope with its interval
+    widths = sorted({float(r["bits"]) for r in rows})
+    seeds = sorted({int(r["seed"]) for r in rows})
+    by_bits = {b: [j for j, r in enumerate(rows) if _is_reference(r, spec, bits=b)]
+               for b in widths}
+    out["size_by_bits"] = []
+    for b in widths:
+        for sd in seeds:
+            ix = [j for j, r in enumerate(rows) if _is_reference(r, spec, bits=b, seed=sd)]
+            if len(ix) >= 2:
+                out["size_by_bits"].append({"seed": sd, **_size_contrast(rows, draws, ix)})
+    idx = sorted(by_bits.get(1.0, []), key=lambda j: rows[j]["N"])
     if len(idx) >= 2:
-        lnN = np.log([rows[j]["N"] for j in idx])
-        slopes = np.array([np.polyfit(lnN, draws[k, idx], 1)[0] for k in range(draws.shape[0])])
-        from coqat.law import FractionClosedForm
-
-        paper = np.array([FractionClosedForm().optimal_fraction(rows[j]["N"], rows[j]["D_total"],
-                                                                rows[j]["bits"]) for j in idx])
-        out["size"] = {
-            "rows": [j for j in idx],
-            "sizes": [rows[j]["size"] for j in idx],
-            "fstar": [rows[j]["f_refined"] for j in idx],
-            "slope_per_ln_N": float(np.polyfit(lnN, [rows[j]["f_refined"] for j in idx], 1)[0]),
-            "slope_ci90": interval(slopes),
-            "paper_slope_per_ln_N": float(np.polyfit(lnN, paper, 1)[0]),
-            "N_ratio": float(np.exp(lnN[-1] - lnN[0])),
-            "at_endpoint": [bool(rows[j]["at_endpoint"]) for j in idx],
-        }
+        out["size"] = next(c for c in out["size_by_bits"] if c["bits"] == 1.0 and c["seed"] == 0)
+    # bit width at fixed size and tokens: f*(B) - f*(1 bit)
+    one = {rows[j]["size"]: j for j in idx}
+    out["bits"] = [
+        {"size": rows[j]["size"], "bits": [1.0, b], "rows": [one[rows[j]["size"]], j],
+         "fstar": [rows[one[rows[j]["size"]]]["f_refined"], rows[j]["f_refined"]],
+         **_diff(rows, draws, one[rows[j]["size"]], j)}
+        for b in widths if b != 1.0 for j in by_bits[b] if rows[j]["size"] in one
+    ]
+    out["seeds"] = seed_pairs(rows, draws, spec.noise.model())
     # batch at fixed tokens (and the tokens at fixed steps)
     big = [j for j, r in enumerate(rows) if r["size"] == ref_size and _is_reference(
         r, spec, D_total=r["D_total"], tokens_per_step=r["tokens_per_step"])
@@ -294,6 +382,9 @@ def design_section(
         return sec, {}
     if spec.design.reference_size:
         sec["contrasts"] = contrasts(rows, draws, spec)
+        sn = seed_noise(sec["contrasts"]["seeds"])
+        if sn is not None:
+            sec["seed_noise"] = sn
     sec["decay_pairs"] = decay_pairs(design_records(records, spec), spec)
     if spec.design.predictions:
         sec["preregistered"] = preregistered(rows, gs, folder, spec)

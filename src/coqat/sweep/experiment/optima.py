@@ -10,7 +10,6 @@ import numpy as np
 
 from coqat.law import FractionClosedForm
 from coqat.law.analysis import (
-    StepNoise,
     closed_form_refits,
     fstar_bootstrap,
     fstar_table,
@@ -64,8 +63,7 @@ def intervals(rows: list[dict[str, Any]], spec: ExperimentSpec) -> dict[str, Any
     the share of draws in which f* at the larger S of a (size, bits) pair exceeds f* at the
     smaller (seed 0, trained rows), and the share of (draw, row) with f* above the paper's."""
     ns = spec.noise
-    noise = StepNoise(tuple(tuple(p) for p in ns.steps_sd), ns.sd_f1)
-    draws = fstar_bootstrap(rows, noise, n=ns.draws, seed=ns.seed)
+    draws = fstar_bootstrap(rows, ns.model(), n=ns.draws, seed=ns.seed)
     for j, r in enumerate(rows):
         r["f_refined_ci90"] = interval(draws[:, j])
     S = np.array([r["S_total"] for r in rows])

@@ -32,6 +32,12 @@ class NoiseSpec:
                   f"each entry is [steps, sd] with both > 0, got {list(p)}")
         check(self.draws >= 10, "noise.draws", "must be >= 10")
 
+    def model(self) -> Any:
+        """The noise model these settings describe (``coqat.law.analysis.StepNoise``)."""
+        from coqat.law.analysis import StepNoise
+
+        return StepNoise(tuple(tuple(p) for p in self.steps_sd), self.sd_f1)
+
 
 @dataclass(frozen=True)
 class DesignSpec:
