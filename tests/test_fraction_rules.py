@@ -119,3 +119,14 @@ def test_sweep_predict_writes_every_grid_once(tmp_path):
     assert tp[0] == pytest.approx(tp[1]) and pp[0] > pp[1]
     text = format_predictions(pred)
     assert "tpb" in text and "30m" in text
+    # each rule is recorded whole: loaded back from the prediction file, it predicts the same
+    import json
+
+    from coqat.law.registry import load_law
+
+    back = json.loads(json.dumps(pred))
+    for label in laws:
+        law = load_law(back["rules"][label]["record"])
+        for x in g:
+            assert law.optimal_fraction(x["N"], x["D"], x["bits"]) == pytest.approx(
+                x["predictions"][label]["f"])

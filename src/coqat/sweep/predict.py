@@ -126,6 +126,9 @@ def predict(
                 "description": law.describe(),
                 "params": dict(getattr(law, "params_", {}) or {}),
                 "source": (getattr(law, "provenance", {}) or {}).get("source"),
+                # the whole law as it stood (coqat.law.load_law reads it back), so the
+                # predictions can be recomputed from this file alone after the shipped law moved
+                "record": law.to_json() if hasattr(law, "to_json") else None,
             }
             for label, law in laws.items()
         },
