@@ -116,7 +116,7 @@ def seed_pairs(rows: list[dict[str, Any]], draws: np.ndarray, noise: StepNoise) 
     offset that moves the whole curve and not its optimum); and the fraction-specific part, the
     sd of the differences about that mean over sqrt(2) (a per-run sd, ddof 1), beside the noise
     model's sd at the grid's steps."""
-    same = ("size", "bits", "D_total", "tokens_per_step", "train_tokens", "basis")
+    same = tuple(k for k in DESIGN_BY if k != "seed")
     base = {tuple(r[k] for k in same): j for j, r in enumerate(rows) if int(r["seed"]) == 0}
     out = []
     for j, r in enumerate(rows):
@@ -178,26 +178,23 @@ def contrasts(rows: list[dict[str, Any]], draws: np.ndarray, spec: ExperimentSpe
     ref_size = spec.design.reference_size
     out: dict[str, Any] = {}
     # size at fixed tokens, per bit width and seed: f* against ln N, the slope with its interval
-    widths = sorted({float(r["bits"]) for r in rows})
-    seeds = sorted({int(r["seed"]) for r in rows})
-    by_bits = {b: [j for j, r in enumerate(rows) if _is_reference(r, spec, bits=b)]
-               for b in widths}
-    out["size_by_bits"] = []
-    for b in widths:
-        for sd in seeds:
-            ix = [j for j, r in enumerate(rows) if _is_reference(r, spec, bits=b, seed=sd)]
-            if len(ix) >= 2:
-                out["size_by_bits"].append({"seed": sd, **_size_contrast(rows, draws, ix)})
-    idx = sorted(by_bits.get(1.0, []), key=lambda j: rows[j]["N"])
-    if len(idx) >= 2:
+    fixed: dict[tuple[float, int], list[int]] = {}
+    for j, r in enumerate(rows):
+        key = (float(r["bits"]), int(r["seed"]))
+        if _is_reference(r, spec, bits=key[0], seed=key[1]):
+            fixed.setdefault(key, []).append(j)
+    out["size_by_bits"] = [{"seed": sd, **_size_contrast(rows, draws, ix)}
+                           for (b, sd), ix in sorted(fixed.items()) if len(ix) >= 2]
+    if len(fixed.get((1.0, 0), [])) >= 2:
         out["size"] = next(c for c in out["size_by_bits"] if c["bits"] == 1.0 and c["seed"] == 0)
-    # bit width at fixed size and tokens: f*(B) - f*(1 bit)
-    one = {rows[j]["size"]: j for j in idx}
+    # bit width at fixed size and tokens (seed 0): f*(B) - f*(1 bit)
+    one = {rows[j]["size"]: j for j in fixed.get((1.0, 0), [])}
     out["bits"] = [
         {"size": rows[j]["size"], "bits": [1.0, b], "rows": [one[rows[j]["size"]], j],
          "fstar": [rows[one[rows[j]["size"]]]["f_refined"], rows[j]["f_refined"]],
          **_diff(rows, draws, one[rows[j]["size"]], j)}
-        for b in widths if b != 1.0 for j in by_bits[b] if rows[j]["size"] in one
+        for (b, sd), ix in sorted(fixed.items()) if b != 1.0 and sd == 0
+        for j in sorted(ix, key=lambda j: rows[j]["N"]) if rows[j]["size"] in one
     ]
     out["seeds"] = seed_pairs(rows, draws, spec.noise.model())
     # batch at fixed tokens (and the tokens at fixed steps)
@@ -207,7 +204,7 @@ def contrasts(rows: list[dict[str, Any]], draws: np.ndarray, spec: ExperimentSpe
     if len(big) >= 2:
         big.sort(key=lambda j: rows[j]["tokens_per_step"])
         small_b, large_b = big[0], big[-1]
-        ref = next((j for j in idx if rows[j]["size"] == ref_size), None)
+        ref = next((j for j in fixed.get((1.0, 0), []) if rows[j]["size"] == ref_size), None)
         out["batch"] = {
             "rows": big,
             "steps": [rows[j]["steps"] for j in big],
